@@ -1,0 +1,1 @@
+"""Runs things: the Typer CLI, run specs, fan-out, the result store, Polars metrics."""

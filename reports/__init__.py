@@ -1,0 +1,1 @@
+"""Pure reporters: aggregated Polars frames in, Altair charts and files out."""

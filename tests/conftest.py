@@ -1,0 +1,23 @@
+"""Shared fixtures: where the shared ground truth lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PERMTRACE_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared/ not found at {SHARED} (set PERMTRACE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def groundtruth_dir(shared_dir: Path) -> Path:
+    return shared_dir / "groundtruth"

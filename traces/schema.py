@@ -1,0 +1,102 @@
+"""Trace schema version 1: the contract every other part reads.
+
+One Parquet file, one row per event, sorted by ``seq`` (architecture.md
+section 2).  A trace records what the workload *asked for*, never how one
+kernel served it, so that one trace replays under every policy.
+
+The emulator never sees strings: :data:`OPS` fixes a small integer code per
+op (``OP_CODE``), and readers hand it numpy columns with ``op`` already
+encoded as ``uint8``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+#: Ops in code order.  The code of an op is its index here; never reorder,
+#: only append (the codes are part of replay determinism, not of the file).
+OPS: tuple[str, ...] = (
+    "module_load",       # a module is loaded and its init runs (load_module + do_init_module)
+    "module_init_free",  # its init sections are freed (do_free_init)
+    "module_unload",     # rmmod (free_module)
+    "bpf_prog_load",     # a BPF program (eBPF or classic) is JIT-compiled; size = JIT image bytes
+    "bpf_prog_free",     # the program is released (bpf_prog_free_deferred)
+    "exec_alloc",        # other executable memory: owner kprobes/ftrace/bpf_trampoline/bpf_dispatcher
+    "exec_free",
+    "vmalloc",           # plain non-executable vmalloc traffic; drives lazy purge
+    "vfree",
+    "text_patch",        # runtime code patching (static keys toggled); patch_sites = sites
+    "mem_pressure",      # shrinkers are asked to give back `size` bytes
+)
+OP_CODE: dict[str, int] = {name: code for code, name in enumerate(OPS)}
+
+#: Ops that create an object with an ``id`` and the op that ends it.
+ALLOC_FREE: dict[str, str] = {
+    "module_load": "module_unload",
+    "bpf_prog_load": "bpf_prog_free",
+    "exec_alloc": "exec_free",
+    "vmalloc": "vfree",
+}
+
+#: Module section columns, in the order of the kernel's ``enum mod_mem_type``
+#: (include/linux/module.h, 6.4+): MOD_TEXT, MOD_DATA, MOD_RODATA,
+#: MOD_RO_AFTER_INIT, MOD_INIT_TEXT, MOD_INIT_DATA, MOD_INIT_RODATA.
+SECTION_COLUMNS: tuple[str, ...] = (
+    "text_size",
+    "data_size",
+    "rodata_size",
+    "ro_after_init_size",
+    "init_text_size",
+    "init_data_size",
+    "init_rodata_size",
+)
+
+#: Executable-allocation owners the synthetic workloads and importers use.
+EXEC_OWNERS: tuple[str, ...] = ("kprobes", "ftrace", "bpf_trampoline", "bpf_dispatcher")
+
+#: The Arrow schema written by :func:`traces.io.write_trace`.  Readers also
+#: accept ``op``/``owner`` as dictionary-encoded strings.
+SCHEMA = pa.schema(
+    [
+        pa.field("seq", pa.uint64(), nullable=False),
+        pa.field("ts_ns", pa.uint64(), nullable=False),
+        pa.field("cpu", pa.uint16(), nullable=False),
+        pa.field("op", pa.string(), nullable=False),
+        pa.field("id", pa.uint64(), nullable=False),
+        pa.field("size", pa.uint64(), nullable=False),
+        pa.field("owner", pa.string(), nullable=True),
+        *(pa.field(c, pa.uint64(), nullable=False) for c in SECTION_COLUMNS),
+        pa.field("patch_sites", pa.uint32(), nullable=False),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+#: Parquet key/value metadata keys all start with this prefix.
+META_PREFIX = "permtrace."
+#: Known metadata keys (without prefix).  Values are strings in the file.
+META_KEYS: tuple[str, ...] = (
+    "schema_version",
+    "source",            # synthetic:<scenario>:seed=<n> | recorded:<release> | imported:ftrace
+    "nr_cpus",
+    "mem_total_bytes",
+    "kernel_release",
+    "DirectMap4k",       # kB at start, as /proc/meminfo prints it
+    "DirectMap2M",
+    "DirectMap1G",
+    "buddyinfo",         # text of /proc/buddyinfo at start, when recorded
+    "pagetypeinfo",      # text of /proc/pagetypeinfo at start, when recorded
+)
+
+#: Absurd-size bound for validation: no single request is over 1 TiB.
+MAX_SIZE_BYTES = 1 << 40
+
+#: Observation kinds (``<trace>.observed.parquet``: ts_ns, kind, value).
+OBSERVED_SCHEMA = pa.schema(
+    [
+        pa.field("ts_ns", pa.uint64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("value", pa.int64(), nullable=False),
+    ]
+)
