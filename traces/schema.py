@@ -92,11 +92,21 @@ META_KEYS: tuple[str, ...] = (
 #: Absurd-size bound for validation: no single request is over 1 TiB.
 MAX_SIZE_BYTES = 1 << 40
 
-#: Observation kinds (``<trace>.observed.parquet``: ts_ns, kind, value).
+#: Observations (``<trace>.observed.parquet``): what a real kernel did.
+#: ``kind``: ``flush_tlb_all``, ``flush_tlb_kernel_range``, ``cpa_flush``,
+#: ``sync_core`` (IPI rounds), ``vmap_purge`` (purges that flushed),
+#: ``exec_area_alloc``, ``direct_map_level{2,3}_{splits,collapses}`` (deltas).
+#: Added compatibly (nullable, readers of the first three columns are
+#: unaffected): ``op``, the op kind the kernel's work is charged to (the
+#: trace event that triggered it, as the emulator's ``per_op`` charges it;
+#: null when unknown, e.g. whole-run vmstat deltas), and ``event_row``, that
+#: event's 0-based row in the trace.
 OBSERVED_SCHEMA = pa.schema(
     [
         pa.field("ts_ns", pa.uint64(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),
         pa.field("value", pa.int64(), nullable=False),
+        pa.field("op", pa.string(), nullable=True),
+        pa.field("event_row", pa.int64(), nullable=True),
     ]
 )

@@ -1,0 +1,222 @@
+"""The emulated machine: its configuration (:class:`Machine`) and its booted state (:class:`Kernel`).
+
+A :class:`Machine` is a frozen, hashable description that goes into run specs;
+:meth:`Machine.boot` turns it into a :class:`Kernel`, the mutable state one
+replay works on: page allocator, direct map, vmalloc/module ranges, TLB
+counters and memory-waste accounting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from emulator.direct_map import DirectMap
+from emulator.page_alloc import PageAllocator
+from emulator.result import WASTE_CAUSES
+from emulator.tlb import TLB_SINGLE_PAGE_FLUSH_CEILING
+from emulator.vmalloc import Vmalloc
+from traces.errors import PermtraceError
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+#: Per-op counters every replay reports (kernel spelling where the kernel has one).
+EVENT_COUNTERS: tuple[str, ...] = (
+    "emu_shootdowns", "emu_shootdown_ipis",
+    "emu_flush_tlb_all", "emu_flush_tlb_kernel_range", "emu_cpa_flush",
+    "emu_local_flush", "emu_sync_core_ipis", "emu_text_poke_bp_batches",
+    "nr_tlb_remote_flush", "nr_tlb_remote_flush_received",
+    "emu_vmap_purges", "emu_vm_unmap_aliases",
+    "direct_map_level2_splits", "direct_map_level3_splits",
+    "direct_map_level2_collapses", "direct_map_level3_collapses",
+    "emu_vmalloc_pmd_splits", "emu_vmalloc_pmd_collapses",
+    "emu_set_memory_ro", "emu_set_memory_rw", "emu_set_memory_x", "emu_set_memory_nx",
+    "emu_set_memory_rox", "emu_set_direct_map_invalid",
+    "emu_module_alloc", "emu_pack_new", "emu_pack_free",
+    "emu_wx_pages",
+)
+
+
+def _kb(text: str | None) -> int | None:
+    """Parse a ``DirectMap*`` value as ``/proc/meminfo`` prints it ("1234 kB" or "1234")."""
+    if text is None or str(text).strip() == "":
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(kB)?\s*", str(text))
+    if not m:
+        raise PermtraceError(f"bad DirectMap value {text!r} (expected kB, e.g. '2097152 kB')")
+    return int(m.group(1))
+
+
+@dataclass(frozen=True)
+class Machine:
+    """An x86-64 machine (4-level paging), as a kernel would see it at boot.
+
+    nr_cpus
+        Online CPUs; every all-CPU flush round sends ``nr_cpus - 1`` IPIs and
+        ``lazy_max_pages = fls(nr_cpus) * 32 MiB / 4 KiB`` (mm/vmalloc.c).
+    mem_bytes
+        Physical memory, bytes (rounded down to 2 MiB pageblocks).
+    direct_map
+        ``(DirectMap4k, DirectMap2M, DirectMap1G)`` in kB as /proc/meminfo
+        shows them, or None for a freshly booted map (first 2 MiB at 4K,
+        rest of the first GiB at 2M, 1G pages above).
+    fragmentation
+        ``"fresh"``, ``"aged"`` or the text of a ``/proc/buddyinfo``: how
+        scattered unmovable allocations land (see :mod:`emulator.page_alloc`).
+    kaslr
+        Randomize the module-area load offset (1..1024 pages,
+        ``get_module_load_offset``); the 6.18 ground-truth host ran without.
+    tlb_single_page_flush_ceiling
+        Pages above which a ranged flush becomes a full one (arch/x86/mm/tlb.c).
+    """
+
+    nr_cpus: int = 64
+    mem_bytes: int = 64 << 30
+    direct_map: tuple[int, int, int] | None = None
+    fragmentation: str = "fresh"
+    kaslr: bool = True
+    tlb_single_page_flush_ceiling: int = TLB_SINGLE_PAGE_FLUSH_CEILING
+
+    def __post_init__(self) -> None:
+        if self.nr_cpus < 1:
+            raise PermtraceError(f"nr_cpus must be >= 1, got {self.nr_cpus}")
+        if self.mem_bytes < (64 << 20):
+            raise PermtraceError(f"mem_bytes must be at least 64 MiB, got {self.mem_bytes}")
+        if self.direct_map is not None:
+            object.__setattr__(self, "direct_map", tuple(int(v) for v in self.direct_map))
+            if len(self.direct_map) != 3 or min(self.direct_map) < 0:
+                raise PermtraceError(f"direct_map must be (DirectMap4k, DirectMap2M, DirectMap1G) kB, got {self.direct_map}")
+        if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
+            raise PermtraceError(
+                f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], **overrides) -> Machine:
+        """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
+
+        Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G`` and
+        ``buddyinfo`` when present; anything missing keeps the default.
+        """
+        kw: dict[str, object] = {}
+        try:
+            if meta.get("nr_cpus"):
+                kw["nr_cpus"] = int(meta["nr_cpus"])
+            if meta.get("mem_total_bytes"):
+                kw["mem_bytes"] = int(meta["mem_total_bytes"])
+        except ValueError as e:
+            raise PermtraceError(f"bad machine metadata in trace: {e}") from None
+        dm = [_kb(meta.get(k)) for k in ("DirectMap4k", "DirectMap2M", "DirectMap1G")]
+        if any(v is not None for v in dm):
+            kw["direct_map"] = tuple(v or 0 for v in dm)
+        if meta.get("buddyinfo", "").strip():
+            kw["fragmentation"] = meta["buddyinfo"]
+        known = {f.name for f in fields(cls)}
+        bad = set(overrides) - known
+        if bad:
+            raise PermtraceError(f"unknown machine field(s) {sorted(bad)}; valid: {sorted(known)}")
+        kw.update(overrides)
+        return cls(**kw)
+
+    @property
+    def lazy_max_pages(self) -> int:
+        """``lazy_max_pages()`` (mm/vmalloc.c): fls(nr_cpus) * 32 MiB / PAGE_SIZE."""
+        return self.nr_cpus.bit_length() * ((32 << 20) >> PAGE_SHIFT)
+
+    def boot(self, seed: int = 0) -> Kernel:
+        return Kernel(self, seed)
+
+
+class Kernel:
+    """The mutable state of one emulated kernel.
+
+    Counters live in one dict per op kind (``per_op``); ``stat`` points at
+    the dict of the op being replayed, so every increment is attributed to
+    the event that caused it (deferred work included) at the cost of one
+    dict update.  Totals are summed at the end.
+
+    Kernel-release behaviours that policies switch (``attach``):
+
+    cpa_alias_nx_kludge
+        <= 6.1: ``checkalias = masks != _PAGE_NX``, so set_memory_x/nx skip
+        the direct-map alias and may flush per page (``__cpa_flush_tlb``).
+        6.2+: aliases always processed with NX stripped, ``force_flush_all``.
+    cpa_flush_full
+        6.12 preset: every CPA flush is a full flush.
+    cpa_flush_kernel_range
+        6.15+: ``cpa_flush`` goes through ``flush_tlb_kernel_range`` (a full
+        flush there is ``do_flush_tlb_all`` but not ``nr_tlb_remote_flush``).
+    cpa_collapse
+        6.15+: ``set_memory_rox`` passes ``CPA_COLLAPSE``.
+    """
+
+    def __init__(self, machine: Machine, seed: int) -> None:
+        self.machine = machine
+        self.nr_cpus = machine.nr_cpus
+        self.ceiling = machine.tlb_single_page_flush_ceiling
+        self.rng = np.random.default_rng(seed)
+        self.per_op: dict[str, dict[str, int]] = {}
+        self.stat = self.op_stats("boot")
+        self.cpa_alias_nx_kludge = True
+        self.cpa_flush_full = False
+        self.cpa_flush_kernel_range = False
+        self.cpa_collapse = False
+        self.now = 0
+        # waste accounting, bytes, per cause in WASTE_CAUSES order
+        self.waste_live = [0] * len(WASTE_CAUSES)
+        self.waste_peak = [0] * len(WASTE_CAUSES)
+        self.waste_integral = [0] * len(WASTE_CAUSES)
+        self.waste_peak_total = 0
+        self._waste_ts = None
+        self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng)
+        self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
+        self.vm = Vmalloc(self, machine.lazy_max_pages,
+                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0)
+
+    def op_stats(self, op: str) -> dict[str, int]:
+        d = self.per_op.get(op)
+        if d is None:
+            d = self.per_op[op] = dict.fromkeys(EVENT_COUNTERS, 0)
+        return d
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(EVENT_COUNTERS, 0)
+        for d in self.per_op.values():
+            for name in EVENT_COUNTERS:
+                out[name] += d[name]
+        return out
+
+    def waste(self, cause: int, delta: int) -> None:
+        """Change live waste of ``WASTE_CAUSES[cause]`` by ``delta`` bytes at time ``self.now``."""
+        now = self.now
+        last = self._waste_ts
+        live = self.waste_live
+        if last is not None and now > last:
+            dt = now - last
+            integ = self.waste_integral
+            for i in range(len(live)):
+                integ[i] += live[i] * dt
+        self._waste_ts = now if last is None or now > last else last
+        v = live[cause] + delta
+        live[cause] = v
+        if v > self.waste_peak[cause]:
+            self.waste_peak[cause] = v
+        total = sum(live)
+        if total > self.waste_peak_total:
+            self.waste_peak_total = total
+
+    def waste_counters(self, t_start: int, t_end: int) -> dict[str, int]:
+        """Live, peak and time-weighted mean waste (bytes) over ``[t_start, t_end]`` ns."""
+        self.now = t_end
+        self.waste(0, 0)  # integrate up to t_end
+        span = max(t_end - t_start, 1)
+        out = {"emu_waste_bytes": sum(self.waste_live),
+               "emu_waste_peak_bytes": self.waste_peak_total,
+               "emu_waste_mean_bytes": sum(self.waste_integral) // span}
+        for i, cause in enumerate(WASTE_CAUSES):
+            out[f"emu_waste_bytes_{cause}"] = self.waste_live[i]
+            out[f"emu_waste_peak_bytes_{cause}"] = self.waste_peak[i]
+            out[f"emu_waste_mean_bytes_{cause}"] = self.waste_integral[i] // span
+        return out

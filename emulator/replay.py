@@ -1,0 +1,150 @@
+"""``replay``: stream a trace through a booted kernel under one policy.
+
+The loop sees Python lists of ints made once per record batch
+(``.tolist()``), dispatches on the op code with the common ops first, and
+never builds per-event objects; memory is bounded by the batch size and
+by the live state of the emulated kernel, not by trace length.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from emulator.errors import KernelFault, ReplayError
+from emulator.machine import EVENT_COUNTERS, Machine
+from emulator.policies.base import Policy
+from emulator.result import WASTE_CAUSES, ReplayResult
+from traces.io import iter_event_batches, num_events
+from traces.schema import EXEC_OWNERS, OP_CODE, OPS, SECTION_COLUMNS
+
+#: Counters sampled into the timeline (plus DirectMap4k and live waste).
+TIMELINE_COUNTERS: tuple[str, ...] = (
+    "emu_shootdowns", "emu_shootdown_ipis", "emu_flush_tlb_all", "emu_flush_tlb_kernel_range",
+    "emu_cpa_flush", "emu_vmap_purges", "emu_local_flush", "emu_sync_core_ipis",
+    "direct_map_level2_splits", "direct_map_level3_splits",
+)
+
+(MODULE_LOAD, MODULE_INIT_FREE, MODULE_UNLOAD, BPF_PROG_LOAD, BPF_PROG_FREE, EXEC_ALLOC,
+ EXEC_FREE, VMALLOC, VFREE, TEXT_PATCH, MEM_PRESSURE) = (OP_CODE[o] for o in OPS[:11])
+
+
+def _sample_points(n: int, points: int) -> list[int]:
+    """Event indices after which the timeline is sampled; the last is ``n - 1``."""
+    if n <= 0:
+        return []
+    points = max(1, min(points, n))
+    return sorted({(n * (j + 1) + points - 1) // points - 1 for j in range(points)})
+
+
+def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine, seed: int = 0, *,
+           timeline_points: int = 256, batch_size: int = 65536) -> ReplayResult:
+    """Replay ``trace`` (a path or a pyarrow Table) under ``policy`` on ``machine``.
+
+    Raises :class:`ReplayError` (row, ts_ns, op, id) for an event the
+    kernel cannot serve; trace-format problems raise ``TraceError``.
+    """
+    k = machine.boot(seed)
+    policy.attach(k)
+    n_total = num_events(trace)
+    samples = _sample_points(n_total, timeline_points)
+    tl_index: list[int] = []
+    tl_ts: list[int] = []
+    tl_rows: list[list[int]] = []
+    stats = [k.op_stats(op) for op in OPS]
+    for d in stats:
+        d["events"] = 0
+    p = policy
+    module_load, module_init_free, module_unload = p.module_load, p.module_init_free, p.module_unload
+    bpf_prog_load, bpf_prog_free, exec_alloc, exec_free = p.bpf_prog_load, p.bpf_prog_free, p.exec_alloc, p.exec_free
+    vmalloc, vfree, text_patch, mem_pressure = p.vmalloc, p.vfree, p.text_patch, p.mem_pressure
+    si = 0
+    base = 0
+    t_first = None
+    t_last = 0
+
+    def sample(idx: int, ts: int) -> None:
+        tot = {c: 0 for c in TIMELINE_COUNTERS}
+        for d in k.per_op.values():
+            for c in TIMELINE_COUNTERS:
+                tot[c] += d[c]
+        tl_index.append(idx)
+        tl_ts.append(ts)
+        tl_rows.append([tot[c] for c in TIMELINE_COUNTERS]
+                       + [k.dm.meminfo_kb()["DirectMap4k"], sum(k.waste_live)] + list(k.waste_live))
+
+    for cols in iter_event_batches(trace, batch_size):
+        n = len(cols["op"])
+        if n == 0:
+            continue
+        counts = np.bincount(cols["op"], minlength=len(OPS))
+        for code in np.flatnonzero(counts):
+            stats[code]["events"] += int(counts[code])
+        ops = cols["op"].tolist()
+        ids = cols["id"].tolist()
+        sizes = cols["size"].tolist()
+        tss = cols["ts_ns"].tolist()
+        if t_first is None:
+            t_first = tss[0]
+        lo = 0
+        i = 0
+        try:
+            while lo < n:
+                hi = n if si >= len(samples) else min(n, samples[si] - base + 1)
+                for i in range(lo, hi):
+                    op = ops[i]
+                    k.now = tss[i]
+                    k.stat = stats[op]
+                    if op == VMALLOC:
+                        vmalloc(ids[i], sizes[i])
+                    elif op == VFREE:
+                        vfree(ids[i])
+                    elif op == BPF_PROG_LOAD:
+                        bpf_prog_load(ids[i], sizes[i])
+                    elif op == BPF_PROG_FREE:
+                        bpf_prog_free(ids[i])
+                    elif op == MODULE_LOAD:
+                        module_load(ids[i], tuple(int(cols[c][i]) for c in SECTION_COLUMNS),
+                                    int(cols["patch_sites"][i]))
+                    elif op == MODULE_INIT_FREE:
+                        module_init_free(ids[i])
+                    elif op == MODULE_UNLOAD:
+                        module_unload(ids[i])
+                    elif op == EXEC_ALLOC:
+                        exec_alloc(ids[i], sizes[i], int(cols["owner"][i]))
+                    elif op == EXEC_FREE:
+                        exec_free(ids[i])
+                    elif op == TEXT_PATCH:
+                        text_patch(int(cols["patch_sites"][i]))
+                    elif op == MEM_PRESSURE:
+                        mem_pressure(sizes[i])
+                if si < len(samples) and base + hi - 1 == samples[si]:
+                    sample(samples[si], tss[hi - 1])
+                    si += 1
+                lo = hi
+        except KernelFault as e:
+            raise ReplayError(str(e), row=int(cols["row"][i]), ts_ns=tss[i], op=OPS[ops[i]], id=ids[i],
+                              file=None if isinstance(trace, pa.Table) else str(trace)) from None
+        base += n
+        t_last = tss[-1]
+
+    k.stat = k.op_stats("end")
+    counters = k.totals()
+    counters.update(k.dm.meminfo_kb())
+    counters.update(k.waste_counters(t_first or 0, t_last))
+    counters["emu_text_tlb_entries_4k"], counters["emu_text_tlb_entries_2m"] = policy.text_tlb_entries()
+    counters["events"] = base
+    per_op = {OPS[c]: {**stats[c]} for c in range(len(OPS)) if stats[c]["events"]}
+    names = list(TIMELINE_COUNTERS) + ["DirectMap4k", "emu_waste_bytes"] + \
+        [f"emu_waste_bytes_{c}" for c in WASTE_CAUSES]
+    rows = np.array(tl_rows, dtype=np.int64).reshape(len(tl_rows), len(names))
+    timeline = {"event_index": np.array(tl_index, np.int64), "ts_ns": np.array(tl_ts, np.uint64)}
+    for j, name in enumerate(names):
+        timeline[name] = rows[:, j].copy()
+    return ReplayResult(
+        counters=counters, per_op=per_op, timeline=timeline, direct_map=k.dm.level.copy(), n_events=base,
+        meta={"policy": type(policy).__name__, "seed": str(seed), "exec_owners": ",".join(EXEC_OWNERS)},
+    )
+

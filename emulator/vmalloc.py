@@ -1,0 +1,215 @@
+"""vmalloc and the module/execmem range (mm/vmalloc.c), in virtual page numbers.
+
+- ``alloc_vmap_area``: first fit by address over the free blocks of a range,
+  one guard page of VA per area (``__get_vm_area_node``), optional alignment.
+- ``__vmalloc_node_range``: order-0 pages from the page allocator (or order-9
+  blocks for ``VM_ALLOW_HUGE_VMAP``), mapped with **no flush**.
+- ``vfree``: PTEs cleared without a flush, the VA queued lazily
+  (``free_vmap_area_noflush``); more than ``lazy_max_pages`` queued pages
+  trigger a purge (6.x schedules ``drain_vmap_area_work``; here it runs at
+  once and is charged to the freeing event).
+- ``__purge_vmap_area_lazy``: one ``flush_tlb_kernel_range(lowest, highest)``
+  over every queued VA, only if something is queued; then the VAs merge back.
+- ``vm_reset_perms`` (``VM_FLUSH_RESET_PERMS``): direct-map alias made not
+  present (may split), **one** flush covering direct map and queued VAs,
+  then default again; the pages stay 4K.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+import numpy as np
+
+from emulator.direct_map import P, RW
+from emulator.errors import KernelFault
+from emulator.tlb import flush_tlb_kernel_range
+
+PAGE_OFFSET = 0xffff888000000000 >> 12          # __PAGE_OFFSET_BASE_L4
+VMALLOC_START = 0xffffc90000000000 >> 12
+VMALLOC_END = VMALLOC_START + ((32 << 40) >> 12)  # VMALLOC_SIZE_TB_L4 = 32
+MODULES_VADDR = 0xffffffffc0000000 >> 12         # __START_KERNEL_map + KERNEL_IMAGE_SIZE (KASLR)
+MODULES_END = 0xffffffffff000000 >> 12
+
+VM_FLUSH_RESET_PERMS = 0x100
+VM_ALLOW_HUGE_VMAP = 0x400
+PMD_PAGES = 512
+
+
+class VmFault(KernelFault):
+    """An emulated allocation failed (no VA or memory left)."""
+
+
+class VmapRange:
+    """Free VA blocks of one range: parallel sorted lists of ``[start, end)`` page numbers."""
+
+    def __init__(self, name: str, start: int, end: int) -> None:
+        self.name, self.start, self.end = name, start, end
+        self.starts = [start]
+        self.ends = [end]
+
+    def alloc(self, n: int, align: int = 1) -> int | None:
+        """``__alloc_vmap_area``: lowest-address free block that fits ``n`` pages at ``align``."""
+        starts, ends = self.starts, self.ends
+        for i in range(len(starts)):
+            s0 = starts[i]
+            s = s0 if align == 1 else (s0 + align - 1) & -align
+            e = ends[i]
+            if e - s >= n:
+                if s == s0:
+                    if e - s == n:
+                        del starts[i]
+                        del ends[i]
+                    else:
+                        starts[i] = s + n
+                else:
+                    ends[i] = s
+                    if e > s + n:
+                        starts.insert(i + 1, s + n)
+                        ends.insert(i + 1, e)
+                return s
+        return None
+
+    def release(self, blocks: list[tuple[int, int]]) -> None:
+        """Merge freed ``[start, end)`` blocks back into the free list (``merge_or_add_vmap_area``)."""
+        starts, ends = self.starts, self.ends
+        for s, e in blocks:
+            i = bisect_right(starts, s)
+            if i and ends[i - 1] == s:          # merge with the block below
+                i -= 1
+                ends[i] = e
+            else:
+                starts.insert(i, s)
+                ends.insert(i, e)
+            if i + 1 < len(starts) and starts[i + 1] == ends[i]:  # and with the one above
+                ends[i] = ends[i + 1]
+                del starts[i + 1]
+                del ends[i + 1]
+
+    def is_whole(self) -> bool:
+        return self.starts == [self.start] and self.ends == [self.end]
+
+
+class vm_struct:  # noqa: N801 - the kernel's name
+    """One vmalloc area: ``addr`` (first page), ``nr_pages`` mapped, ``pfns`` (int64 array) behind them.
+
+    ``prot`` is a numpy uint8 per-page protection array once CPA touched
+    the area (None = all ``PAGE_KERNEL``); ``pmd_huge`` the PMD indexes
+    (``addr >> 9``) currently mapped by a 2M leaf.
+    """
+
+    __slots__ = ("addr", "nr_pages", "pfns", "prot", "flags", "vrange", "pmd_huge")
+
+    def __init__(self, addr, nr_pages, pfns, flags, vrange):
+        self.addr, self.nr_pages, self.pfns, self.flags, self.vrange = addr, nr_pages, pfns, flags, vrange
+        self.prot = None
+        self.pmd_huge = None
+
+
+class Vmalloc:
+    """The vmap areas of one kernel: the vmalloc range, the module range and the lazy-free list."""
+
+    def __init__(self, k, lazy_max_pages: int, module_offset: int = 0) -> None:
+        self.k = k
+        self.lazy_max_pages = lazy_max_pages
+        self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END)
+        self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
+        self.purge_list: list[tuple[VmapRange, int, int]] = []
+        self.lazy_nr = 0
+
+    # -- allocation -------------------------------------------------------------
+
+    def _alloc_va(self, vrange: VmapRange, n: int, align: int) -> int:
+        addr = vrange.alloc(n, align)
+        if addr is None:  # alloc_vmap_area: purge once and retry
+            self.purge_vmap_area_lazy()
+            addr = vrange.alloc(n, align)
+            if addr is None:
+                raise VmFault(f"out of {vrange.name} address space ({n} pages requested)")
+        return addr
+
+    def vmalloc(self, nr_pages: int, vrange: VmapRange | None = None, flags: int = 0,
+                align: int = 1) -> vm_struct:
+        """``__vmalloc_node_range``: VA + guard page, pages, 4K PTEs of PAGE_KERNEL, no flush.
+
+        ``VM_ALLOW_HUGE_VMAP`` with a multiple of 512 pages maps order-9
+        blocks by PMD at a 2 MiB-aligned address (``vm_area_alloc_pages``).
+        """
+        vrange = vrange or self.vmalloc_range
+        huge = flags & VM_ALLOW_HUGE_VMAP and nr_pages % PMD_PAGES == 0
+        if huge:
+            align = PMD_PAGES
+        addr = self._alloc_va(vrange, nr_pages + 1, align)
+        pages = self.k.pages
+        if huge:
+            pfns = np.concatenate([np.arange(b, b + PMD_PAGES, dtype=np.int64)
+                                   for b in (pages.alloc_huge() for _ in range(nr_pages // PMD_PAGES))])
+        else:
+            pfns = pages.alloc_pages(nr_pages)
+        area = vm_struct(addr, nr_pages, pfns, flags, vrange)
+        if huge:
+            area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
+        return area
+
+    # -- free -------------------------------------------------------------------
+
+    def vfree(self, area: vm_struct) -> None:
+        """``vfree``: lazy VA free (+ ``vm_reset_perms`` if flagged), pages back to the allocator."""
+        self.purge_list.append((area.vrange, area.addr, area.addr + area.nr_pages + 1))
+        self.lazy_nr += area.nr_pages + 1
+        if area.flags & VM_FLUSH_RESET_PERMS:
+            self.vm_reset_perms(area)
+        if area.pmd_huge is not None and area.flags & VM_ALLOW_HUGE_VMAP:
+            for pfn in area.pfns[::PMD_PAGES].tolist():
+                self.k.pages.free_huge(pfn)
+        else:
+            self.k.pages.free_pages(area.pfns)
+        if self.lazy_nr > self.lazy_max_pages:
+            self.purge_vmap_area_lazy()
+
+    def vm_reset_perms(self, area: vm_struct) -> None:
+        """``vm_reset_perms`` / 5.10 ``vm_remove_mappings`` with pages being freed."""
+        k = self.k
+        dm = k.dm
+        k.stat["emu_set_direct_map_invalid"] += 1
+        pfns = area.pfns
+        dm.change(k, pfns, 0, P | RW)                     # set_direct_map_invalid_noflush
+        lo, hi = int(pfns.min()), int(pfns.max()) + 1
+        self._purge(PAGE_OFFSET + lo, PAGE_OFFSET + hi)   # _vm_unmap_aliases(start, end, flush_dmap=1)
+        dm.change(k, pfns, P | RW, 0)                     # set_direct_map_default_noflush
+
+    # -- purge ------------------------------------------------------------------
+
+    def _purge(self, start: int | None = None, end: int | None = None) -> bool:
+        """``__purge_vmap_area_lazy(start, end)``: one flush over all queued VAs, if any."""
+        pl = self.purge_list
+        if not pl:
+            return False
+        lo = min(s for _, s, _ in pl)
+        hi = max(e for _, _, e in pl)
+        if start is not None:
+            lo, hi = min(lo, start), max(hi, end)
+        k = self.k
+        k.stat["emu_vmap_purges"] += 1
+        flush_tlb_kernel_range(k, lo, hi)
+        by_range: dict[int, list] = {}
+        for vr, s, e in pl:
+            by_range.setdefault(id(vr), [vr, []])[1].append((s, e))
+        for vr, blocks in by_range.values():
+            vr.release(blocks)
+        self.purge_list = []
+        self.lazy_nr = 0
+        return True
+
+    def purge_vmap_area_lazy(self) -> bool:
+        return self._purge()
+
+    def vm_unmap_aliases(self) -> bool:
+        """``vm_unmap_aliases``: a purge, 0 or 1 flush (per-CPU vmap blocks not modelled)."""
+        self.k.stat["emu_vm_unmap_aliases"] += 1
+        return self._purge()
+
+    def is_whole(self) -> bool:
+        """True when no VA is allocated or queued in either range."""
+        return not self.purge_list and self.vmalloc_range.is_whole() and self.module_range.is_whole()
+

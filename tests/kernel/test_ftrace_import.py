@@ -1,0 +1,229 @@
+"""The ftrace importer, small exact cases: line formats, the GT protocols, attribution."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from traces.errors import TraceError
+from traces.importers.ftrace import import_ftrace, observed_path
+from traces.io import read_metadata
+from traces.schema import SECTION_COLUMNS
+
+EXEC = "vstart=0xffffffffc0000000 vend=0xffffffffff000000"
+VMAL = "vstart=0xffffc90000000000 vend=0xffffe8ffffffffff"
+
+
+def run(tmp_path, lines, **kw):
+    out = tmp_path / "t.parquet"
+    summary = import_ftrace(lines, out, **kw)
+    trace = pl.read_parquet(out)
+    obs = pl.read_parquet(observed_path(out))
+    return summary, trace, obs
+
+
+def by_op(obs: pl.DataFrame) -> dict[tuple[str, str | None], int]:
+    return {(k, op): v for k, op, v in obs.group_by("kind", "op").agg(pl.col("value").sum()).iter_rows()}
+
+
+@pytest.mark.parametrize("prefix", [
+    "          python3-8489    [001] ...1.  1265.840168:",          # tracefs, 5-char flags
+    "          python3-8489    [001] ...1  1265.840168:",           # older kernels, 4-char flags
+    "          python3-8489  [001]  1265.840168:",                  # trace-cmd report, no flags
+    "          python3-8489    (   8489) [001] ...1.  1265.840168:",  # record-tgid
+    "  Web Content-x-8489 [001] d..2. 1265.840168:",                # spaces and dashes in the name
+    "            <...>-8489    [001] .....  1265.840168:",          # unknown comm
+])
+def test_line_formats_all_parse(tmp_path, prefix):
+    # GIVEN one vmalloc allocation in each of the line formats tracers produce
+    lines = ["cpus=2", f"{prefix} alloc_vmap_area: va_start: 18446683600598831104 size=40960 "
+                       f"align=1 {VMAL} failed=0"]
+    # WHEN imported
+    summary, trace, _ = run(tmp_path, lines)
+    # THEN it is one vmalloc event of 36 KiB (the guard page removed), on CPU 1, at 1265.840168 s
+    assert summary.used == {"alloc_vmap_area": 1} and summary.n_malformed == 0
+    assert trace.select("op", "size", "cpu", "ts_ns").rows() == [("vmalloc", 36864, 1, 1265840168000)]
+    assert summary.metadata["nr_cpus"] == "2"
+
+
+def test_hex_and_decimal_addresses_join(tmp_path):
+    # GIVEN an area allocated with its address in decimal (6.18) and freed in hex
+    lines = ["p-1 [000] ..... 1.000000: alloc_vmap_area: va_start: 18446683600598831104 size=8192 "
+             f"align=1 {VMAL} failed=0",
+             "p-1 [000] ..... 1.000001: free_vmap_area_noflush: va_start=0xffffc90001b79000 nr_lazy=2 "
+             "nr_lazy_max=16384"]
+    # WHEN imported THEN the free matches the allocation
+    _, trace, _ = run(tmp_path, lines)
+    assert trace.select("op", "id").rows() == [("vmalloc", 1), ("vfree", 1)]
+    assert 18446683600598831104 == 0xFFFFC90001B79000
+
+
+def test_malformed_lines_are_counted_with_line_numbers(tmp_path):
+    # GIVEN a good line, a truncated event line, and a known event with a bad field
+    good = f"p-1 [000] ..... 1.000000: alloc_vmap_area: va_start: 4096 size=8192 align=1 {VMAL} failed=0"
+    lines = [good, "p-1 [000] ..... 1.0000", f"p-1 [000] ..... 1.1: alloc_vmap_area: va_start: x1 size=8192 "
+                                             f"align=1 {VMAL} failed=0", "random kernel log line"]
+    # WHEN imported
+    summary, trace, _ = run(tmp_path, lines)
+    # THEN lines 2 and 3 are malformed (with numbers and reasons), line 4 is unused, nothing raised
+    assert summary.n_malformed == 2
+    assert [(n, why.split(":")[0]) for n, why, _ in summary.malformed] == [
+        (2, "event line does not parse"), (3, "alloc_vmap_area")]
+    assert summary.unused["not a trace line"] == 1
+    assert trace.height == 1
+    assert "line 2" in str(summary)
+
+
+def test_no_trace_lines_is_a_clear_error(tmp_path):
+    with pytest.raises(TraceError, match="no trace events found"):
+        import_ftrace(["hello", "world"], tmp_path / "t.parquet")
+
+
+def host_bpf_case() -> list[str]:
+    """gt_bpf.py on 6.18: one program opens a new pack (2 splits), then its pack is freed."""
+    me = "python3-100 [001] ..... "
+    kw = "kworker/0:1-9 [000] ..... "
+    return [
+        f"{me}1.000000: tracing_mark_write: GT start",
+        f"{me}1.000001: tracing_mark_write: GT load 0",
+        f"{me}1.000002: alloc_vmap_area: va_start: 4096 size=40960 align=1 {VMAL} failed=0",
+        f"{me}1.000003: alloc_vmap_area: va_start: 1048576 size=364544 align=1 {VMAL} failed=0",
+        f"{me}1.000004: free_vmap_area_noflush: va_start=0x100000 nr_lazy=89 nr_lazy_max=16384",
+        f"{me}1.000005: alloc_vmap_area: va_start: 18446744072635809792 size=2101248 align=1 {EXEC} failed=0",
+        f"{me}1.000006: purge_vmap_area_lazy: start=0xffffc90000100000 end=0xffffc90000159000 num_purged=1",
+        f"{me}1.000007: csd_queue_cpu: cpu=0 callsite=on_each_cpu_cond_mask+0x20/0x60 func=do_flush_tlb_all csd=1",
+        f"{me}1.000008: ipi_send_cpu: cpu=0 callsite=on_each_cpu_cond_mask+0x20/0x60 callback=x+0x0/0x10",
+        f"{me}1.000009: csd_queue_cpu: cpu=0 callsite=on_each_cpu_cond_mask+0x20/0x60 func=do_flush_tlb_all csd=1",
+        f"{me}1.000010: csd_queue_cpu: cpu=0 callsite=on_each_cpu_cond_mask+0x20/0x60 func=do_flush_tlb_all csd=1",
+        f"{me}1.000011: csd_queue_cpu: cpu=0 callsite=on_each_cpu_cond_mask+0x20/0x60 func=do_flush_tlb_all csd=1",
+        "other-7 [000] ..... 1.000012: alloc_vmap_area: va_start: 65536 size=8192 align=1 "
+        f"{VMAL} failed=0",
+        f"{me}1.500000: tracing_mark_write: GT close 0",
+        f"{kw}1.600000: free_vmap_area_noflush: va_start=0x1000 nr_lazy=10 nr_lazy_max=16384",
+        f"{kw}1.600001: free_vmap_area_noflush: va_start=0xffffffffc0000000 nr_lazy=523 nr_lazy_max=16384",
+        f"{kw}1.600002: purge_vmap_area_lazy: start=0xffff888100000000 end=0xffffffffc0201000 num_purged=2",
+        f"{kw}1.600003: csd_queue_cpu: cpu=1 callsite=on_each_cpu_cond_mask+0x20/0x60 func=do_flush_tlb_all csd=2",
+        f"{me}2.000000: tracing_mark_write: GT end",
+    ]
+
+
+def test_host_bpf_protocol(tmp_path):
+    # GIVEN a gt_bpf.py trace and its case JSON (28683-byte program, splits 7 -> 9)
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"progs": [{"fd": 3, "jited_len": 28683}],
+                                "snap_before": {"direct_map_level2_splits": 7, "direct_map_level3_splits": 0,
+                                                "DirectMap4k": 1024, "DirectMap2M": 4096, "DirectMap1G": 0},
+                                "delta_total": {"direct_map_level2_splits": 2}}))
+    # WHEN imported
+    summary, trace, obs = run(tmp_path, host_bpf_case(), bpf_progs=case)
+    # THEN the workload is the program and its 2 plain vmalloc areas (the exec area is the kernel's)
+    assert trace.select("op", "id", "size").rows() == [
+        ("vmalloc", 1, 36864), ("vmalloc", 2, 360448), ("vfree", 2, 0), ("bpf_prog_load", 0, 28683),
+        ("bpf_prog_free", 0, 0), ("vfree", 1, 0)]
+    # AND the load's purge and 4 full flushes (2 splits + purge + CPA) are charged to it, the pack
+    # free's purge + flush (by a kworker) to the program's release, the other task's alloc is noise
+    assert by_op(obs) == {
+        ("exec_area_alloc", "bpf_prog_load"): 1,
+        ("vmap_purge", "bpf_prog_load"): 1, ("flush_tlb_all", "bpf_prog_load"): 4,
+        ("vmap_purge", "bpf_prog_free"): 1, ("flush_tlb_all", "bpf_prog_free"): 1,
+        ("direct_map_level2_splits", None): 2,
+    }
+    assert summary.unused["vmalloc by another task"] == 1
+    meta = read_metadata(tmp_path / "t.parquet")
+    assert (meta["DirectMap4k"], meta["observed.flush_tlb_all"]) == ("1024", "5")
+    assert "direct_map_level3_splits" in meta["observed_kinds"].split(",")
+
+
+def test_csd_rounds_group_remote_cpus(tmp_path):
+    # GIVEN one flush_tlb_all to 3 remote CPUs, then a second one (4 CPUs)
+    lines = [f"p-1 [000] ..... 1.{i:06d}: csd_queue_cpu: cpu={c} callsite=x func=do_flush_tlb_all csd=1"
+             for i, c in enumerate([1, 2, 3, 1, 2, 3])]
+    lines.insert(0, "p-1 [000] ..... 0.5: tracing_mark_write: GT start")
+    lines.insert(1, f"p-1 [000] ..... 0.6: alloc_vmap_area: va_start: 4096 size=8192 align=1 {VMAL} failed=0")
+    # WHEN imported THEN that is 2 rounds, not 6 CSDs
+    _, _, obs = run(tmp_path, lines)
+    assert by_op(obs) == {("flush_tlb_all", "vmalloc"): 2}
+
+
+def guest_module_case() -> list[str]:
+    """init.sh on 6.1 (kprobes): crc32c_generic loaded (copied from the shared serial log), init freed,
+    unloaded."""
+    i = "insmod-125 [001] ..... "
+    return [
+        "GT init-uptime 2.89 kernel 6.1.0-56-amd64 cpus 2",
+        "GT vmstat-before direct_map_level2_splits 1",
+        "GT meminfo-before DirectMap4k:       26496 kB",
+        "init-1 [000] ..... 4.550497: tracing_mark_write: GT insmod kernel/crypto/crc32c_generic.ko",
+        f"{i}4.552160: alloc_va: (alloc_vmap_area+0x0/0x880) size=16384 align=1 {VMAL}",
+        f"{i}4.552191: alloc_va_ret: (__get_vm_area_node+0xb1/0x150 <- alloc_vmap_area) "
+        "va_start=0xffffc900003dd000 va_end=0xffffc900003e1000",
+        f"{i}4.562242: alloc_va: (alloc_vmap_area+0x0/0x880) size=20480 align=4096 {EXEC}",
+        f"{i}4.562258: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffffffc0203000 va_end=0xffffffffc0208000",
+        f"{i}4.562396: alloc_va: (alloc_vmap_area+0x0/0x880) size=16384 align=4096 {EXEC}",
+        f"{i}4.562404: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffffffc0208000 va_end=0xffffffffc020c000",
+        f"{i}4.570371: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0203000 npages=1",
+        f"{i}4.570393: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffffffffffffffff end=0x0",
+        f"{i}4.570416: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0xffffc90000400000 end=0xffffc9000041d000",
+        f"{i}4.570466: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_kernel_range_flush+0x0/0x30",
+        f"{i}4.570634: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_flush_tlb_all+0x0/0x30",
+        f"{i}4.570831: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0204000 npages=1",
+        f"{i}4.570841: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffffffffffffffff end=0x0",
+        f"{i}4.570937: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0208000 npages=1",
+        f"{i}4.571026: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0209000 npages=0",
+        f"{i}4.571062: set_nx: (set_memory_nx+0x0/0x50) addr=0xffffffffc0204000 npages=1",
+        f"{i}4.571083: set_nx: (set_memory_nx+0x0/0x50) addr=0xffffffffc0205000 npages=0",
+        f"{i}4.571092: set_nx: (set_memory_nx+0x0/0x50) addr=0xffffffffc0205000 npages=2",
+        f"{i}4.571101: set_nx: (set_memory_nx+0x0/0x50) addr=0xffffffffc0209000 npages=0",
+        f"{i}4.571111: set_nx: (set_memory_nx+0x0/0x50) addr=0xffffffffc0209000 npages=2",
+        f"{i}4.571142: set_x: (set_memory_x+0x0/0x50) addr=0xffffffffc0203000 npages=1",
+        f"{i}4.571153: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=__cpa_flush_tlb+0x0/0x70",
+        f"{i}4.571222: set_x: (set_memory_x+0x0/0x50) addr=0xffffffffc0208000 npages=1",
+        f"{i}4.571500: text_poke_bp_batch: (text_poke_bp_batch+0x0/0x2a0) nr=3",
+        f"{i}4.571501: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_sync_core+0x0/0x30",
+        f"{i}4.573018: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc900003dd000 va_end=0xffffc900003e1000",
+        f"{i}4.573099: module_load: crc32c_generic ",
+        "init-1 [000] ..... 4.591352: tracing_mark_write: GT vmstat direct_map_level2_splits 2 "
+        "direct_map_level3_splits 0 ",
+        "kworker/1:2-54 [001] ..... 4.6: free_va: (free_vmap_area_noflush+0x0/0x340) "
+        "va_start=0xffffffffc0208000 va_end=0xffffffffc020c000",
+        "kworker/1:2-54 [001] ..... 4.60001: purge: (__purge_vmap_area_lazy+0x0/0x750) "
+        "start=0xffff888000000000 end=0xffffffffc020c000",
+        "kworker/1:2-54 [001] ..... 4.60002: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0x1 end=0x2",
+        "kworker/1:2-54 [001] ..... 4.60003: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) "
+        "func=do_flush_tlb_all+0x0/0x30",
+        "rmmod-130 [000] ..... 9.0: module_free: crc32c_generic",
+        "rmmod-130 [000] ..... 9.1: free_va: (free_vmap_area_noflush+0x0/0x340) "
+        "va_start=0xffffffffc0203000 va_end=0xffffffffc0208000",
+        "rmmod-130 [000] ..... 9.2: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0x1 end=0x2",
+        "rmmod-130 [000] ..... 9.3: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0x1 end=0x2",
+        "rmmod-130 [000] ..... 9.4: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_flush_tlb_all+0x0/0x30",
+    ]
+
+
+def test_guest_module_protocol(tmp_path):
+    # WHEN the 6.1 guest's kprobe trace of one module is imported
+    summary, trace, obs = run(tmp_path, guest_module_case())
+    # THEN the module's two module_alloc areas became one module_load with its 6.1 section sizes
+    ops = trace["op"].to_list()
+    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init_free", "module_unload"]
+    load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
+    assert load["owner"] == "crc32c_generic"
+    assert {c: load[c] for c in SECTION_COLUMNS} == {
+        "text_size": 4096, "data_size": 8192, "rodata_size": 4096, "ro_after_init_size": 0,
+        "init_text_size": 4096, "init_data_size": 8192, "init_rodata_size": 0}
+    assert trace.filter(pl.col("op") == "text_patch")["patch_sites"].to_list() == [3]
+    # AND the kernel's work is charged to the op that caused it; only the purge followed by a
+    # flush counts as a purge
+    assert by_op(obs) == {
+        ("exec_area_alloc", "module_load"): 2,
+        ("vmap_purge", "module_load"): 1, ("flush_tlb_kernel_range", "module_load"): 1,
+        ("flush_tlb_all", "module_load"): 1, ("cpa_flush", "module_load"): 1,
+        ("sync_core", "text_patch"): 1,
+        ("direct_map_level2_splits", "module_load"): 1,
+        ("vmap_purge", "module_init_free"): 1, ("flush_tlb_all", "module_init_free"): 1,
+        ("vmap_purge", "module_unload"): 1, ("flush_tlb_all", "module_unload"): 1,
+    }
+    assert summary.metadata["kernel_release"] == "6.1.0-56-amd64"
+    assert summary.metadata["DirectMap4k"] == "26496"

@@ -1,0 +1,94 @@
+"""BPF program sizes (JIT image bytes) from ``bpftool prog show --json``.
+
+Also accepted, so that every shared ground-truth trace imports with its own
+side file: a ground-truth case JSON (``gt_bpf.py``: a dict with ``progs``
+entries carrying ``jited_len``), and the list ``permtrace record`` /
+``permtrace groundtruth bpf`` write (entries with ``bytes_jited`` and,
+optionally, ``index``, ``load_time_ns``, ``free_time_ns``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from traces.errors import TraceError
+
+
+@dataclass(frozen=True)
+class BpfProg:
+    """One program: ``bytes_jited`` is the JIT image size (bytes).
+
+    ``index`` is the load order within a ground-truth run (``GT load i``
+    markers), ``load_time_ns``/``free_time_ns`` are on the trace clock
+    (``CLOCK_BOOTTIME``, what ``bpf_prog_info.load_time`` uses) when known.
+    """
+
+    id: int | None
+    name: str | None
+    bytes_jited: int
+    index: int | None = None
+    load_time_ns: int | None = None
+    free_time_ns: int | None = None
+
+
+def _int(entry: dict, key: str, path: str, i: int, required: bool = False) -> int | None:
+    v = entry.get(key)
+    if v is None:
+        if required:
+            raise TraceError(f"program entry {i} has no {key!r}", file=path,
+                             hint="pass 'bpftool prog show --json' output or a permtrace/gt_bpf JSON")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise TraceError(f"program entry {i}: {key}={v!r} is not a non-negative integer", file=path,
+                         hint="fix or regenerate the JSON")
+    return v
+
+
+def load_bpf_progs(path: str | os.PathLike) -> list[BpfProg]:
+    """Read a program list; raise :class:`TraceError` on anything unusable."""
+    path = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TraceError("no such file", file=path, hint="check the --bpf-progs path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TraceError(f"not JSON ({e})", file=path,
+                         hint="pass the output of 'bpftool prog show --json'") from None
+    if isinstance(data, dict) and "progs" in data:       # gt_bpf.py case JSON
+        data = data["progs"]
+    if not isinstance(data, list):
+        raise TraceError("expected a JSON list of programs", file=path,
+                         hint="pass the output of 'bpftool prog show --json'")
+    progs = []
+    for i, e in enumerate(data):
+        if not isinstance(e, dict):
+            raise TraceError(f"program entry {i} is not an object", file=path, hint="fix the JSON")
+        key = "bytes_jited" if "bytes_jited" in e else "jited_len"
+        size = _int(e, key, path, i, required=True)
+        name = e.get("name")
+        progs.append(BpfProg(id=_int(e, "id", path, i), name=name if isinstance(name, str) else None,
+                             bytes_jited=size, index=_int(e, "index", path, i),
+                             load_time_ns=_int(e, "load_time_ns", path, i),
+                             free_time_ns=_int(e, "free_time_ns", path, i)))
+    return progs
+
+
+def case_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Starting state and whole-run split deltas from a gt_bpf.py case JSON.
+
+    Returns ``DirectMap4k/2M/1G`` (kB at start) and
+    ``direct_map_level*_start``/``_end`` (vmstat counters); ``{}`` for a
+    plain program list.
+    """
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("snap_before"), dict):
+        return {}
+    before, delta = data["snap_before"], data.get("delta_total") or {}
+    out = {k: str(before[k]) for k in ("DirectMap4k", "DirectMap2M", "DirectMap1G") if k in before}
+    for k, v in before.items():
+        if k.startswith("direct_map_level") and isinstance(v, int):
+            out[f"{k}_start"], out[f"{k}_end"] = str(v), str(v + int(delta.get(k, 0)))
+    return out

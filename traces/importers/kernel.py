@@ -1,0 +1,524 @@
+"""Kernel events -> workload ops (the trace) + what the kernel did (observations).
+
+Both the ftrace text importer and ``permtrace record`` feed this converter
+the same normalized kernel events, whichever way they were traced:
+
+==============  =======================================================  ==========================================
+method          6.18 host tracepoints                                     6.1 guest kprobes (qemu/init.sh)
+==============  =======================================================  ==========================================
+``alloc``       ``vmalloc:alloc_vmap_area``                               ``gt:alloc_va`` + ``gt:alloc_va_ret``
+``free``        ``vmalloc:free_vmap_area_noflush``                        ``gt:free_va``
+``purge``       ``vmalloc:purge_vmap_area_lazy`` (``num_purged > 0``)     ``gt:purge`` followed by ``gt:flush_krange``
+``flush``       ``csd:csd_queue_cpu func=``, one round per sender         ``gt:on_each_cpu func=``
+``text_poke``   --                                                        ``gt:text_poke_bp_batch nr=``
+``module_*``    ``module:module_load`` / ``module_free``                  same
+``mark``        ``ftrace:print`` (``trace_marker``)                       same
+==============  =======================================================  ==========================================
+
+What becomes a trace event (policy-neutral: what the workload asked for):
+
+- an area in the *vmalloc* range -> ``vmalloc`` / ``vfree`` (size without
+  the guard page ``__get_vm_area_node`` adds; the emulator adds it back);
+- areas in the *exec* range (module / execmem range, ``MODULES_VADDR`` on)
+  are how one kernel served a workload op, so they never become events
+  themselves: they are attributed to a ``bpf_prog_load`` (``GT load i``
+  markers or recorded ``bpf(2)`` load times), a ``module_load`` (the
+  ``module:module_load`` tracepoint closing the loading task's window), or,
+  failing both, an ``exec_alloc`` with no owner;
+- each ``text_poke_bp_batch`` -> one ``text_patch`` event (``patch_sites``
+  = sites in the batch), because the batches, not the sites, cost IPIs.
+
+Observations (``kind``; ``value``; ``op`` = the op kind the kernel's work is
+charged to, as the emulator charges it: to the event that triggered it):
+``flush_tlb_all``, ``flush_tlb_kernel_range``, ``cpa_flush``,
+``sync_core`` (IPI *rounds*, one per ``on_each_cpu_cond_mask`` call),
+``vmap_purge`` (purges that flushed), ``exec_area_alloc``,
+``direct_map_level{2,3}_{splits,collapses}`` (vmstat deltas).
+
+Memory: events and observations are kept as Python lists of ints until the
+end of the import (module and BPF windows are back-patched); a trace of
+10^6 events needs ~0.3 GB, which is why very long recordings should be cut.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from traces.importers.bpftool import BpfProg
+from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS
+
+PAGE_SIZE = 4096
+#: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
+#: KASLR) and above: module and execmem areas.  vmalloc is far below.
+EXEC_RANGE_START = 0xFFFFFFFF80000000
+#: ``bpf_prog_pack`` areas: ``BPF_PROG_PACK_SIZE`` (2 MiB) + guard page.
+BPF_PACK_AREA = 2 * 1024 * 1024 + PAGE_SIZE
+#: A BPF load whose exec area has not shown up within this much trace time
+#: (recorded loads only) fit an existing pack: emit it anyway (ns).
+BPF_PENDING_NS = 100_000_000
+
+#: IPI callback function -> observation kind (kernel function names).
+FLUSH_KINDS = {
+    "do_flush_tlb_all": "flush_tlb_all",          # arch/x86/mm/tlb.c flush_tlb_all()
+    "do_kernel_range_flush": "flush_tlb_kernel_range",
+    "__cpa_flush_tlb": "cpa_flush",               # arch/x86/mm/pat/set_memory.c cpa_flush()
+    "do_sync_core": "sync_core",                  # arch/x86/kernel/alternative.c text_poke_sync()
+}
+SPLIT_KINDS = ("direct_map_level2_splits", "direct_map_level3_splits",
+               "direct_map_level2_collapses", "direct_map_level3_collapses")
+#: Comms of kernel threads doing deferred work on a workload's behalf
+#: (gt_bpf.py's attribution rule: own PID + these).
+KTHREAD_PREFIXES = ("kworker", "ksoftirqd", "rcu", "<idle>", "swapper", "migration", "kthreadd")
+
+_GT_LOAD = re.compile(r"GT load (\d+)")             # gt_bpf.py (host)
+_GT_CLOSE = re.compile(r"GT close (\d+)")
+_GT_CASE = re.compile(r"GT case N=(\d+) K=(\d+)")   # qemu bpfload.c (guests): one case per process
+_GT_BPFL = re.compile(r"GT bpfL (\d+)")
+_GT_BPFF = re.compile(r"GT bpfF (\d+)")
+_GT_DM = re.compile(r"GT dm \S+ .*\bl2=(\d+) l3=(\d+)")
+#: Guest BPF program ids: case number * this + index (indexes restart per case).
+CASE_ID_STRIDE = 1_000_000
+_GT_VMSTAT = re.compile(r"(direct_map_level[23]_(?:splits|collapses)) (\d+)")
+
+# event tuple layout (a list, back-patched): ts, cpu, op, id, size, owner, *sections, patch_sites
+_N_SECT = len(SECTION_COLUMNS)
+
+
+@dataclass
+class _Window:
+    """A task's exec-range allocations not yet claimed by a module_load."""
+
+    rows: list[int] = field(default_factory=list)    # placeholder event rows, one per area
+    areas: list[tuple[int, int]] = field(default_factory=list)  # (va_start, traced size)
+    setmem: list[tuple[str, int, int]] = field(default_factory=list)  # (set_memory_*, addr, npages)
+
+
+class KernelEventConverter:
+    """Turns a time-ordered stream of kernel events into trace rows + observations.
+
+    ``own_pid``: when set, only that task and kernel threads count as the
+    workload (others are counted as noise); ``None`` = every task counts,
+    except that a ``GT load``/``GT close`` marker protocol (gt_bpf.py) sets
+    it to the marker writer's PID.  ``bpf_progs``: program sizes (and, when
+    recorded, load/free times).
+    """
+
+    def __init__(self, *, own_pid: int | None = None, bpf_progs: list[BpfProg] | None = None) -> None:
+        self.own_pid = own_pid
+        self.events: list[list] = []
+        self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
+        self.unused: Counter = Counter()
+        self.observable: set[str] = set()          # kinds this source could have observed
+        self._last: dict[int | None, int] = {}     # pid -> row of its latest event (None: other activity)
+        self._sticky: dict[int | None, int] = {}   # pid -> row of the workload op it is serving
+        self._last_vfree: int | None = None
+        self.last_ts = 0
+        self._vm: dict[int, int] = {}              # vmalloc-range va_start -> vmalloc id
+        self._next_vm = 0
+        self._exec: dict[int, tuple[str, int]] = {}  # exec va_start -> (owner kind, id)
+        self._windows: dict[int, _Window] = {}     # pid -> module window
+        self._modules: dict[str, int] = {}         # live module name -> id
+        self._module_rows: dict[int, int] = {}     # module id -> module_load row
+        self._module_unload_rows: dict[int, int] = {}
+        self._merged: dict[int, int] = {}          # placeholder row -> module_load row it merged into
+        self._next_module = 0
+        self._last_module_row: int | None = None
+        self._next_exec = 0
+        self._bpf_rows: dict[int, int] = {}        # bpf id -> row of its bpf_prog_load
+        self._last_bpf_free_row: int | None = None
+        self._last_bpf_row: int | None = None
+        self._case, self._case_size = 0, None
+        #: (N, K) of a guest bpfload.c case -> jited_len (from its "GT bpf N= K= ..." console line)
+        self.case_sizes: dict[tuple[int, int], int] = {}
+        # id, size, name, ts, timed (a recorded load time, not a GT marker)
+        self._pending_bpf: tuple[int, int | None, str | None, int, bool] | None = None
+        self._round: dict[int, tuple[str, set]] = {}   # sender cpu -> (func, targets) of open CSD round
+        self._pending_purge: dict[int, int] = {}   # pid -> ts of a kprobe purge awaiting its flush
+        self._pending_alloc: dict[int, tuple[int, int]] = {}  # pid -> (size, vstart) awaiting kretprobe
+        self._splits: dict[str, int] = {}
+        progs = bpf_progs or []
+        self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
+        sizes = Counter(p.bytes_jited for p in progs)
+        self._bpf_default = sizes.most_common(1)[0][0] if sizes else None
+        self._timed = sorted(((p.load_time_ns, 0, p) for p in progs if p.load_time_ns is not None),
+                             key=lambda t: t[0])
+        self._timed += sorted(((p.free_time_ns, 1, p) for p in progs if p.free_time_ns is not None),
+                              key=lambda t: t[0])
+        self._timed.sort(key=lambda t: (t[0], t[1]))
+        self._timed_i = 0
+
+    # ------------------------------------------------------------ helpers
+    def _emit(self, ts: int, cpu: int, op: str, id_: int, size: int = 0, owner: str | None = None,
+              sections: tuple[int, ...] = (0,) * _N_SECT, patch_sites: int = 0,
+              pid: int | None = None) -> int:
+        self.events.append([max(ts, self.last_ts), cpu, op, id_, size, owner, *sections, patch_sites])
+        self.last_ts = max(ts, self.last_ts)
+        row = len(self.events) - 1
+        self._last[pid] = row
+        if op == "vfree":
+            self._last_vfree = row
+        elif op not in ("vmalloc", "text_patch"):
+            self._sticky[pid] = row
+        return row
+
+    def charge(self, pid: int | None, comm: str) -> int | None:
+        """The event row the kernel's work done now by ``pid`` is charged to.
+
+        Like the emulator, charge the event that triggered it: a purge right
+        after the task's own ``vfree`` is that vfree's lazy purge (6.1
+        ``free_vmap_area_noflush`` -> ``try_purge_vmap_area_lazy``), sync-core
+        rounds right after a ``text_patch`` are its own; otherwise the
+        workload op the task is serving (a load's ``set_memory_*``, an
+        unload's ``vm_reset_perms``); a kernel thread serving none runs
+        ``drain_vmap_area_work`` (6.18), charged to the latest ``vfree``.
+        """
+        last = self._last.get(pid)
+        if last is not None and self.events[last][2] in ("vfree", "text_patch"):
+            return last
+        if pid in self._sticky:
+            return self._sticky[pid]
+        if comm.startswith(KTHREAD_PREFIXES) and self._last_vfree is not None:
+            return self._last_vfree
+        return len(self.events) - 1 if self.events else None
+
+    def observe(self, ts: int, kind: str, value: int, row: int | None) -> None:
+        """Record what the kernel did, charged to event ``row`` (None: to no op).
+
+        Work before the first workload event (e.g. ``text_poke_bp`` arming
+        the tracer's own kprobes) was not caused by the workload: counted as
+        unused, not observed.  vmstat deltas may be charged to no op.
+        """
+        if row is None and kind not in SPLIT_KINDS:
+            self.unused[f"{kind} before the first workload event"] += 1
+            return
+        self.obs.append((ts, kind, value, row))
+
+    def counts(self, pid: int, comm: str) -> bool:
+        """Whether an event of this task belongs to the workload (gt_bpf.py's rule)."""
+        return (self.own_pid is None or pid == self.own_pid or pid == 0
+                or comm.startswith(KTHREAD_PREFIXES))
+
+    def advance(self, ts: int) -> None:
+        """Emit recorded BPF loads/frees whose time has come (before an event at ``ts``)."""
+        if self._pending_bpf and self._pending_bpf[4] and ts - self._pending_bpf[3] > BPF_PENDING_NS:
+            self._flush_bpf(self._pending_bpf[3])
+        while self._timed_i < len(self._timed) and self._timed[self._timed_i][0] <= ts:
+            t, is_free, p = self._timed[self._timed_i]
+            self._timed_i += 1
+            if is_free:
+                self._bpf_free(t, 0, p.id)
+            else:
+                self._flush_bpf(t)
+                self._pending_bpf = (p.id, p.bytes_jited, p.name, t, True)
+
+    def _flush_bpf(self, ts: int, cpu: int = 0, exec_size: int | None = None, pid: int | None = None) -> None:
+        if self._pending_bpf is None:
+            return
+        id_, size, name, _, _ = self._pending_bpf
+        self._pending_bpf = None
+        if size is None:
+            # No size given: a dedicated area (> one pack) holds the image,
+            # so its page-rounded size is the best bound we have.
+            if exec_size is not None and exec_size > BPF_PACK_AREA:
+                size = exec_size - PAGE_SIZE
+                self.unused["bpf_prog_load size taken from its exec area"] += 1
+            else:
+                size = 0
+                self.unused["bpf_prog_load of unknown size (pass --bpf-progs)"] += 1
+        self._bpf_rows[id_] = self._last_bpf_row = self._emit(ts, cpu, "bpf_prog_load", id_, size, name,
+                                                              pid=pid)
+
+    def _bpf_free(self, ts: int, cpu: int, id_: int, pid: int | None = None) -> None:
+        if id_ not in self._bpf_rows:
+            self.unused["bpf_prog_free of a program loaded before tracing"] += 1
+            return
+        del self._bpf_rows[id_]
+        self._last_bpf_free_row = self._last_bpf_row = self._emit(ts, cpu, "bpf_prog_free", id_, pid=pid)
+
+    # ------------------------------------------------------------ events
+    def mark(self, ts: int, cpu: int, pid: int, text: str) -> None:
+        """A trace_marker line; understands gt_bpf.py's and init.sh's GT protocol."""
+        self.advance(ts)
+        text = text.strip()
+        if m := _GT_LOAD.match(text):
+            if self.own_pid is None:
+                self.own_pid = pid
+            self._flush_bpf(ts, cpu, pid=pid)
+            i = int(m.group(1))
+            p = self._bpf_by_index.get(i)
+            self._pending_bpf = (i, p.bytes_jited if p else self._bpf_default,
+                                 p.name if p else None, ts, False)
+        elif m := _GT_CLOSE.match(text):
+            self._flush_bpf(ts, cpu, pid=pid)
+            self._bpf_free(ts, cpu, int(m.group(1)), pid)
+        elif m := _GT_BPFL.match(text):
+            self._flush_bpf(ts, cpu, pid=pid)
+            self._pending_bpf = (self._case * CASE_ID_STRIDE + int(m.group(1)), self._case_size,
+                                 None, ts, False)
+        elif m := _GT_BPFF.match(text):
+            self._flush_bpf(ts, cpu, pid=pid)
+            self._bpf_free(ts, cpu, self._case * CASE_ID_STRIDE + int(m.group(1)), pid)
+        elif m := _GT_CASE.match(text):
+            self._flush_bpf(ts, cpu, pid=pid)
+            self._case += 1
+            self._case_size = self.case_sizes.get((int(m.group(1)), int(m.group(2))))
+        elif m := _GT_DM.match(text):
+            self._flush_bpf(ts, cpu, pid=pid)
+            row = self._last_bpf_row
+            self.vmstat(ts, "direct_map_level2_splits", int(m.group(1)), row=row)
+            self.vmstat(ts, "direct_map_level3_splits", int(m.group(2)), row=row)
+        elif text.startswith("GT vmstat "):
+            for kind, v in _GT_VMSTAT.findall(text):
+                self.vmstat(ts, kind, int(v), row=self._last_module_row)
+        elif text.startswith("GT "):
+            self._flush_bpf(ts, cpu, pid=pid)
+        self._last[pid] = None
+
+    def vmstat_start(self, kind: str, value: int) -> None:
+        """The counter's value when tracing started."""
+        self.observable.add(kind)
+        self._splits.setdefault(kind, value)
+
+    def vmstat(self, ts: int, kind: str, value: int, row: int | None = None) -> None:
+        """A vmstat reading of a split/collapse counter: observe its delta."""
+        before = self._splits.get(kind)
+        self._splits[kind] = value
+        self.observable.add(kind)
+        if before is not None and value != before:
+            self.observe(ts, kind, value - before, row)
+
+    def alloc(self, ts: int, cpu: int, pid: int, comm: str, va: int, size: int, vstart: int) -> None:
+        """``alloc_vmap_area`` returned ``va``; ``size`` includes the guard page."""
+        self.advance(ts)
+        if vstart < EXEC_RANGE_START:
+            if not self.counts(pid, comm):
+                self.unused["vmalloc by another task"] += 1
+                return
+            self._next_vm += 1
+            self._vm[va] = self._next_vm
+            self._emit(ts, cpu, "vmalloc", self._next_vm, max(size - PAGE_SIZE, 0), pid=pid)
+            return
+        if not self.counts(pid, comm):
+            self.unused["exec-range alloc by another task"] += 1
+            return
+        if self._pending_bpf is not None:
+            bpf_id = self._pending_bpf[0]
+            self._flush_bpf(ts, cpu, exec_size=size, pid=pid)
+            self._exec[va] = ("bpf", bpf_id)
+        else:
+            w = self._windows.setdefault(pid, _Window())
+            self._next_exec += 1
+            w.rows.append(self._emit(ts, cpu, "exec_alloc", self._next_exec, max(size - PAGE_SIZE, 0),
+                                     pid=pid))
+            w.areas.append((va, size))
+            self._exec[va] = ("exec", self._next_exec)
+        self.observe(ts, "exec_area_alloc", 1, self._sticky.get(pid))
+
+    def alloc_entry(self, pid: int, size: int, vstart: int) -> None:
+        """kprobe ``alloc_vmap_area`` entry (the kretprobe gives the address)."""
+        self._pending_alloc[pid] = (size, vstart)
+
+    def alloc_return(self, ts: int, cpu: int, pid: int, comm: str, va: int) -> bool:
+        """kretprobe ``alloc_vmap_area``; False if no entry was seen for this task."""
+        entry = self._pending_alloc.pop(pid, None)
+        if entry is None:
+            return False
+        self.alloc(ts, cpu, pid, comm, va, entry[0], entry[1])
+        return True
+
+    def free(self, ts: int, cpu: int, pid: int, comm: str, va: int) -> None:
+        """``free_vmap_area_noflush``: the area is queued for lazy purge."""
+        self.advance(ts)
+        if (vm_id := self._vm.pop(va, None)) is not None:
+            self._emit(ts, cpu, "vfree", vm_id, pid=pid)
+            return
+        owner = self._exec.pop(va, None)
+        if owner is None:
+            self.unused["free of an area allocated before tracing"] += 1
+            return
+        kind, id_ = owner
+        if kind == "bpf":
+            # bpf_prog_pack_free / bpf_jit_free run in a kworker after the
+            # program's release: charge to the release that emptied the pack.
+            self._sticky[pid] = self._last_bpf_free_row
+            self._last[pid] = None
+        elif kind == "module_core":
+            self._sticky[pid] = self._module_unload_rows.get(id_, self._last_module_row)
+            self._last[pid] = None
+        elif kind == "module_init":
+            self._emit(ts, cpu, "module_init_free", id_, pid=pid)     # do_free_init()
+        else:
+            self._emit(ts, cpu, "exec_free", id_, pid=pid)
+
+    def purge(self, ts: int, pid: int, comm: str, flushed: bool) -> None:
+        """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
+        self.advance(ts)
+        self.observable.add("vmap_purge")
+        if not self.counts(pid, comm):
+            self.unused["purge by another task"] += 1
+        elif flushed:
+            self.observe(ts, "vmap_purge", 1, self.charge(pid, comm))
+
+    def purge_entry(self, ts: int, pid: int, comm: str) -> None:
+        """kprobe ``__purge_vmap_area_lazy`` entry: flushed iff a flush_tlb_kernel_range follows."""
+        self._end_purge(pid, comm)
+        self._pending_purge[pid] = ts
+
+    def kernel_range_flush_entry(self, ts: int, pid: int, comm: str) -> None:
+        """kprobe ``flush_tlb_kernel_range``: settles the task's open purge."""
+        t = self._pending_purge.pop(pid, None)
+        if t is not None:
+            self.purge(t, pid, comm, True)
+
+    def _end_purge(self, pid: int, comm: str) -> None:
+        t = self._pending_purge.pop(pid, None)
+        if t is not None:
+            self.purge(t, pid, comm, False)
+
+    def csd_queue(self, ts: int, src_cpu: int, pid: int, comm: str, target: int, func: str) -> None:
+        """``csd:csd_queue_cpu``: one per remote CPU; consecutive ones = one round."""
+        self.advance(ts)
+        func_round = self._round.get(src_cpu)
+        if func_round and func_round[0] == func and target not in func_round[1]:
+            func_round[1].add(target)
+            return
+        self._round[src_cpu] = (func, {target})
+        self.on_each_cpu(ts, pid, comm, func)
+
+    def other_event(self, cpu: int) -> None:
+        """Any other event on ``cpu`` closes its open CSD round."""
+        self._round.pop(cpu, None)
+
+    def on_each_cpu(self, ts: int, pid: int, comm: str, func: str) -> None:
+        """One cross-CPU call round (``on_each_cpu_cond_mask``) running ``func``."""
+        kind = FLUSH_KINDS.get(func)
+        self.observable.update(FLUSH_KINDS.values())
+        if kind is None:
+            self.unused[f"cross-CPU call {func}"] += 1
+        elif not self.counts(pid, comm):
+            self.unused[f"{kind} by another task"] += 1
+        else:
+            self.observe(ts, kind, 1, self.charge(pid, comm))
+
+    def set_memory(self, pid: int, which: str, addr: int, npages: int) -> None:
+        """kprobe ``set_memory_{ro,nx,x,rw}``: kept to decode module section sizes."""
+        self._end_purge(pid, "")
+        self._last[pid] = None
+        if (w := self._windows.get(pid)) is not None:
+            w.setmem.append((which, addr, npages))
+
+    def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int) -> None:
+        """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites."""
+        self.advance(ts)
+        if self.counts(pid, comm):
+            self._emit(ts, cpu, "text_patch", 0, patch_sites=nr, pid=pid)
+
+    def module_load(self, ts: int, cpu: int, pid: int, name: str) -> None:
+        """``module:module_load`` (end of load_module, before do_init_module)."""
+        self.advance(ts)
+        self._next_module += 1
+        mid = self._next_module
+        self._modules[name] = mid
+        w = self._windows.pop(pid, None)
+        if w is None or not w.rows:
+            row = self._emit(ts, cpu, "module_load", mid, 0, name, pid=pid)
+            self.unused["module_load without traced allocations"] += 1
+        else:
+            sections, kinds = _module_sections(w)
+            row = w.rows[0]
+            self.events[row][2:] = ["module_load", mid, sum(sections), name, *sections, 0]
+            self._sticky[pid] = row
+            for r in w.rows[1:]:
+                self.events[r][2] = None                # merged into the module_load
+                self._merged[r] = row
+            for (va, _), kind in zip(w.areas, kinds):
+                self._exec[va] = (kind, mid)
+        self._module_rows[mid] = row
+        self._last_module_row = row
+
+    def module_free(self, ts: int, cpu: int, pid: int, name: str) -> None:
+        """``module:module_free`` (start of free_module)."""
+        self.advance(ts)
+        mid = self._modules.pop(name, None)
+        if mid is None:
+            self.unused["module_free of a module loaded before tracing"] += 1
+            return
+        self._last_module_row = self._emit(ts, cpu, "module_unload", mid, owner=name, pid=pid)
+        self._module_unload_rows[mid] = self._last_module_row
+
+    # ------------------------------------------------------------ output
+    def finish(self) -> tuple[pa.Table, pa.Table]:
+        """Close open windows and return (trace table, observations table)."""
+        self.advance(1 << 63)
+        self._flush_bpf(self.last_ts)
+        for pid in list(self._pending_purge):
+            self._end_purge(pid, "")
+        keep = [i for i, e in enumerate(self.events) if e[2] is not None]
+        new_row = {old: new for new, old in enumerate(keep)}
+        remap = {old: new_row[self._merged.get(old, old)] for old in range(len(self.events))}
+        rows = [self.events[i] for i in keep]
+        cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 1)
+        names = ["ts_ns", "cpu", "op", "id", "size", "owner", *SECTION_COLUMNS, "patch_sites"]
+        arrays = {"seq": pa.array(range(len(rows)), pa.uint64())}
+        for name, col in zip(names, cols):
+            arrays[name] = pa.array(list(col), SCHEMA.field(name).type)
+        trace = pa.table([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
+        ops = [r[2] for r in rows]
+        obs_rows = [remap.get(r) if r is not None else None for _, _, _, r in self.obs]
+        observed = pa.table({
+            "ts_ns": pa.array([o[0] for o in self.obs], pa.uint64()),
+            "kind": pa.array([o[1] for o in self.obs], pa.string()),
+            "value": pa.array([o[2] for o in self.obs], pa.int64()),
+            "op": pa.array([ops[r] if r is not None else None for r in obs_rows], pa.string()),
+            "event_row": pa.array(obs_rows, pa.int64()),
+        }, schema=OBSERVED_SCHEMA)
+        return trace, observed
+
+    def totals(self, observed: pa.Table) -> dict[str, int]:
+        """Observation totals by kind (for the trace metadata)."""
+        out: Counter = Counter()
+        for k, v in zip(observed.column("kind").to_pylist(), observed.column("value").to_pylist()):
+            out[k] += v
+        return dict(sorted(out.items()))
+
+
+def _module_sections(w: _Window) -> tuple[tuple[int, ...], list[str]]:
+    """Section sizes (bytes, SECTION_COLUMNS order) of a module from its window.
+
+    Two areas = the pre-6.4 layout: ``module_alloc`` for core then init
+    (kernel/module/main.c move_module).  In 6.1 ``module_enable_x`` runs
+    ``set_memory_x`` on each layout's text, ``module_enable_ro`` runs
+    ``set_memory_ro`` on text then rodata, and ``module_enable_nx`` runs
+    ``set_memory_nx`` on rodata, ro_after_init, then writable data; the page
+    counts of these calls give the (page-aligned) section sizes.
+    Simplification: any other number of areas (6.4+ ``mod_mem_type`` areas,
+    or no set_memory probes) is recorded as text = first area, data = rest.
+    """
+    if len(w.areas) == 2 and w.setmem:
+        (core, core_sz), (init, init_sz) = w.areas
+        core_sz -= PAGE_SIZE
+        init_sz -= PAGE_SIZE
+
+        def calls(which: str, base: int, size: int) -> list[tuple[int, int]]:
+            return [(a - base, n * PAGE_SIZE) for k, a, n in w.setmem
+                    if k == which and base <= a <= base + size]
+
+        def layout(base: int, size: int, with_ro_after_init: bool) -> tuple[int, int, int, int]:
+            text = next((n for off, n in calls("set_x", base, size) if off == 0), 0)
+            ro = calls("set_ro", base, size)
+            rodata = next((n for off, n in ro if off == text), 0)
+            nx = [n for off, n in calls("set_nx", base, size) if off >= text + rodata]
+            ro_after = nx[0] if with_ro_after_init and len(nx) >= 2 else 0
+            data = max(size - text - rodata - ro_after, 0)
+            return text, data, rodata, ro_after
+
+        t, d, r, ra = layout(core, core_sz, True)
+        it, idata, ir, _ = layout(init, init_sz, False)
+        return (t, d, r, ra, it, idata, ir), ["module_core", "module_init"]
+    sizes = [max(s - PAGE_SIZE, 0) for _, s in w.areas]
+    text = sizes[0] if sizes else 0
+    return (text, sum(sizes[1:]), 0, 0, 0, 0, 0), ["module_core"] * len(w.areas)
