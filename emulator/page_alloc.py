@@ -126,8 +126,8 @@ class PageAllocator:
         top = self.top
         if top >= n:  # all from the LIFO free lists
             self.top = top - n
-            return self.stack[top - n:top][::-1].copy()
-        parts = [self.stack[:top][::-1].copy()] if top else []
+            return self.stack[top - n:top].copy()
+        parts = [self.stack[:top].copy()] if top else []
         self.top = 0
         n -= top
         while n:
@@ -147,7 +147,7 @@ class PageAllocator:
             grown = np.empty(max(2 * len(self.stack), top + n), np.int64)
             grown[:top] = self.stack[:top]
             self.stack = grown
-        self.stack[top:top + n] = pfns[::-1]
+        self.stack[top:top + n] = pfns
         self.top = top + n
         self.pages_in_use -= n
 

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from operator import sub
 
 import numpy as np
 
@@ -34,6 +34,8 @@ MODULES_END = 0xffffffffff000000 >> 12
 VM_FLUSH_RESET_PERMS = 0x100
 VM_ALLOW_HUGE_VMAP = 0x400
 PMD_PAGES = 512
+#: Free VA blocks per chunk of :class:`VmapRange`.
+CHUNK = 32
 
 
 class VmFault(KernelFault):
@@ -41,53 +43,84 @@ class VmFault(KernelFault):
 
 
 class VmapRange:
-    """Free VA blocks of one range: parallel sorted lists of ``[start, end)`` page numbers."""
+    """Free VA blocks of one range, ``[start, end)`` page numbers sorted by address.
+
+    The kernel keeps free space in an rb-tree augmented with the largest
+    block of each subtree (``find_vmap_lowest_match``); here the sorted
+    blocks are cut into chunks of at most :data:`CHUNK` with each chunk's
+    largest size, so a first fit skips whole chunks that cannot fit.
+    """
 
     def __init__(self, name: str, start: int, end: int) -> None:
         self.name, self.start, self.end = name, start, end
-        self.starts = [start]
-        self.ends = [end]
+        self._set([start], [end])
+
+    def _set(self, starts: list[int], ends: list[int]) -> None:
+        # one-page holes can never fit a request (every area has a guard page): keep them aside
+        self.tiny = [x for x, y in zip(starts, ends) if y - x == 1]
+        if self.tiny:
+            starts, ends = zip(*[(x, y) for x, y in zip(starts, ends) if y - x > 1]) or ((), ())
+            starts, ends = list(starts), list(ends)
+        self.cs = [starts[i:i + CHUNK] for i in range(0, len(starts), CHUNK)]
+        self.ce = [ends[i:i + CHUNK] for i in range(0, len(ends), CHUNK)]
+        self.cmax = [max(map(sub, e, s)) for s, e in zip(self.cs, self.ce)]
+
+    def _fix(self, c: int) -> None:
+        st, en = self.cs[c], self.ce[c]
+        if not st:
+            del self.cs[c], self.ce[c], self.cmax[c]
+        elif len(st) > 2 * CHUNK:
+            self.release([])
+        else:
+            self.cmax[c] = max(map(sub, en, st))
 
     def alloc(self, n: int, align: int = 1) -> int | None:
         """``__alloc_vmap_area``: lowest-address free block that fits ``n`` pages at ``align``."""
-        starts, ends = self.starts, self.ends
-        for i in range(len(starts)):
-            s0 = starts[i]
-            s = s0 if align == 1 else (s0 + align - 1) & -align
-            e = ends[i]
-            if e - s >= n:
+        cmax = self.cmax
+        for c in range(len(cmax)):
+            if cmax[c] < n:
+                continue
+            st, en = self.cs[c], self.ce[c]
+            for i in range(len(st)):
+                s0 = st[i]
+                e = en[i]
+                if e - s0 < n:
+                    continue
+                s = s0 if align == 1 else (s0 + align - 1) & -align
+                if e - s < n:
+                    continue
                 if s == s0:
                     if e - s == n:
-                        del starts[i]
-                        del ends[i]
+                        del st[i], en[i]
                     else:
-                        starts[i] = s + n
+                        st[i] = s + n
                 else:
-                    ends[i] = s
+                    en[i] = s
                     if e > s + n:
-                        starts.insert(i + 1, s + n)
-                        ends.insert(i + 1, e)
+                        st.insert(i + 1, s + n)
+                        en.insert(i + 1, e)
+                if e - s0 == cmax[c] or len(st) > 2 * CHUNK or not st:
+                    self._fix(c)
                 return s
         return None
 
+    def blocks(self) -> tuple[list[int], list[int]]:
+        """All free blocks (unsorted when one-page holes exist)."""
+        return ([x for ch in self.cs for x in ch] + self.tiny,
+                [x for ch in self.ce for x in ch] + [x + 1 for x in self.tiny])
+
     def release(self, blocks: list[tuple[int, int]]) -> None:
-        """Merge freed ``[start, end)`` blocks back into the free list (``merge_or_add_vmap_area``)."""
-        starts, ends = self.starts, self.ends
-        for s, e in blocks:
-            i = bisect_right(starts, s)
-            if i and ends[i - 1] == s:          # merge with the block below
-                i -= 1
-                ends[i] = e
-            else:
-                starts.insert(i, s)
-                ends.insert(i, e)
-            if i + 1 < len(starts) and starts[i + 1] == ends[i]:  # and with the one above
-                ends[i] = ends[i + 1]
-                del starts[i + 1]
-                del ends[i + 1]
+        """Merge freed ``[start, end)`` blocks back into the free space (``merge_or_add_vmap_area``)."""
+        fs, fe = self.blocks()
+        s = np.array(fs + [b[0] for b in blocks], np.int64)
+        e = np.array(fe + [b[1] for b in blocks], np.int64)
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
+        brk = np.flatnonzero(e[:-1] != s[1:]) + 1      # free blocks never overlap: merge touching ones
+        self._set(s[np.r_[0, brk]].tolist(), e[np.r_[brk - 1, len(s) - 1]].tolist())
 
     def is_whole(self) -> bool:
-        return self.starts == [self.start] and self.ends == [self.end]
+        return not self.tiny and self.blocks() == ([self.start], [self.end])
 
 
 class vm_struct:  # noqa: N801 - the kernel's name
@@ -150,6 +183,23 @@ class Vmalloc:
         if huge:
             area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
         return area
+
+    def vmalloc_plain(self, nr_pages: int) -> tuple[int, int, np.ndarray]:
+        """The common case of :meth:`vmalloc` (vmalloc range, 4K pages, no flags) as a tuple ``(addr, n, pfns)``."""
+        vr = self.vmalloc_range
+        addr = vr.alloc(nr_pages + 1)
+        if addr is None:
+            addr = self._alloc_va(vr, nr_pages + 1, 1)
+        return addr, nr_pages, self.k.pages.alloc_pages(nr_pages)
+
+    def vfree_plain(self, area: tuple[int, int, np.ndarray]) -> None:
+        """:meth:`vfree` of a :meth:`vmalloc_plain` area."""
+        addr, n, pfns = area
+        self.purge_list.append((self.vmalloc_range, addr, addr + n + 1))
+        self.lazy_nr += n + 1
+        self.k.pages.free_pages(pfns)
+        if self.lazy_nr > self.lazy_max_pages:
+            self.purge_vmap_area_lazy()
 
     # -- free -------------------------------------------------------------------
 

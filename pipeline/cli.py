@@ -43,11 +43,10 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app and map errors to exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: click returns a typer.Exit's code instead of raising it
+        rv = app(args=argv, standalone_mode=False)
     except PermtraceError as e:
         typer.echo(f"permtrace: error: {e}", err=True)
-        return e.exit_code
-    except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
         typer.echo("permtrace: aborted", err=True)
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         typer.echo(f"permtrace: internal error: {e!r} (please report this with the command line)", err=True)
         return EXIT_INTERNAL
-    return EXIT_OK
+    return rv if isinstance(rv, int) else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -55,11 +55,7 @@ def qemu(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``qemu`` to the ``groundtruth`` group that pipeline.cmd_kernel owns."""
-    from pipeline import cmd_kernel
+    """Add ``qemu`` to the ``groundtruth`` group, which pipeline.cmd_kernel owns and registers."""
+    from pipeline.cmd_kernel import groundtruth_app
 
-    group = getattr(cmd_kernel, "groundtruth_app", None)
-    if group is None:  # cmd_kernel has not created the group yet
-        group = typer.Typer(help="Measure real kernels.", no_args_is_help=True)
-        app.add_typer(group, name="groundtruth")
-    group.command("qemu")(qemu)
+    groundtruth_app.command("qemu")(qemu)

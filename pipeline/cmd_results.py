@@ -93,6 +93,7 @@ def write_report(results: Path, out_html: Path, *, png_dir: Path | None = None, 
         target = out_html if name == "report.html" else (
             out_html.with_name(name) if name == "summary.md" else png_dir / name)
         with atomic_path(target) as tmp:
+            tmp.chmod(0o644)  # mkstemp makes 0600; a report is meant to be shared
             (tmp.write_bytes if isinstance(content, bytes) else tmp.write_text)(content)
     return out_html, text_table(head)
 

@@ -147,6 +147,7 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 def _derived() -> dict[str, pl.Expr]:
     loads = pl.sum_horizontal(pl.col(f"{s}s") for s in LOAD_OPS.values())
     m = {
+        "ipis": pl.col("shootdown_ipis") + pl.col("sync_core_ipis"),  # every IPI sent, flush or sync-core
         "splits": pl.col("level2_splits") + pl.col("level3_splits"),
         "collapses": pl.col("level2_collapses") + pl.col("level3_collapses"),
         "loads": loads,
@@ -154,6 +155,8 @@ def _derived() -> dict[str, pl.Expr]:
         "shootdown_ipis_per_load": _ratio(
             pl.sum_horizontal(pl.col(f"shootdown_ipis_{s}") for s in LOAD_OPS.values()), loads),
         "splits_per_load": _ratio(pl.col("level2_splits") + pl.col("level3_splits"), loads),
+        "waste_mean_mib": pl.col("waste_mean_bytes") / (1 << 20),
+        "waste_peak_mib": pl.col("waste_peak_bytes") / (1 << 20),
         "shootdown_cost_ms": pl.col("shootdown_cost_ns") / 1e6,
         "shootdown_cost_us_per_load": _ratio(pl.col("shootdown_cost_ns") / 1e3, loads),
     }
@@ -241,7 +244,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("shootdowns", "shootdowns"),
     ("shootdowns_per_load", "shootdowns/load"),
     ("splits", "direct-map splits"),
-    ("waste_mean_bytes", "waste (mean, bytes)"),
+    ("waste_mean_mib", "waste (MiB, mean)"),
     ("shootdown_cost_ms", "est. cost (ms CPU)"),
 )
 

@@ -69,5 +69,6 @@ def export(out: str | Path, path: str | Path) -> Path:
 
     path = Path(path)
     with atomic_path(path) as tmp:
+        tmp.chmod(0o644)
         tmp.write_text(json.dumps(trace_events(out), separators=(",", ":")))
     return path

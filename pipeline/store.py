@@ -89,6 +89,7 @@ def _write(path: Path, table: pa.Table) -> None:
     # Pinned writer settings: same rows -> same bytes (no pandas metadata,
     # no timestamps in the footer; pyarrow writes only its version string).
     with atomic_path(path) as tmp:
+        tmp.chmod(0o644)  # mkstemp makes 0600; results are meant to be shared
         pq.write_table(table, tmp, compression="zstd", compression_level=3,
                        use_dictionary=True, write_statistics=True,
                        row_group_size=1 << 20, data_page_version="2.0")

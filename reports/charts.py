@@ -24,7 +24,7 @@ BAR_METRICS: tuple[tuple[str, str], ...] = (
     ("shootdowns", "shootdowns (all-CPU flush rounds)"),
     ("shootdowns_per_load", "shootdowns per load"),
     ("splits", "direct-map splits (L2 + L3)"),
-    ("waste_mean_bytes", "waste, time-weighted mean (bytes)"),
+    ("waste_mean_mib", "waste, time-weighted mean (MiB)"),
     ("shootdown_cost_ms", "est. CPU time lost (ms)"),
 )
 #: Cumulative timeline counters: (counter, title).
@@ -86,7 +86,10 @@ def from_results(*, summary: pl.DataFrame, headline: pl.DataFrame, timeline: pl.
     sweep show the largest CPU count; otherwise every trace at its own.
     """
     cpus = summary["nr_cpus"].max()
-    at_cpus = (lambda f: f.filter(pl.col("nr_cpus") == cpus)) if cpus is not None else (lambda f: f)  # noqa: E731
+
+    def at_cpus(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame if cpus is None else frame.filter(pl.col("nr_cpus") == cpus)
+
     titles = pl.DataFrame({"metric": [m for m, _ in BAR_METRICS], "title": [t for _, t in BAR_METRICS]})
     bars = (at_cpus(summary).join(titles, on="metric")
             .select("policy", "metric", "title", "mean", "lo", "hi").sort("metric", "policy"))
@@ -169,7 +172,7 @@ def charts(data: ReportData) -> dict[str, tuple[str, alt.TopLevelMixin]]:
     level_color = alt.Color("level:N", title="direct-map level", sort=list(LEVEL_COLORS),
                             scale=alt.Scale(domain=list(LEVEL_COLORS), range=list(LEVEL_COLORS.values())))
     if data.composition.height:
-        area = alt.Chart().mark_area().encode(
+        area = alt.Chart().mark_area(interpolate="step-after").encode(
             x=alt.X("ts_s:Q", title="trace time (s)"), y=alt.Y("gib:Q", stack=True, title="GiB"),
             color=level_color, order=alt.Order("level:N", sort="descending")).properties(width=200, height=110)
         out["composition"] = ("Direct-map composition over time (GiB mapped at 4K / 2M / 1G, mean across seeds)",
@@ -185,7 +188,7 @@ def charts(data: ReportData) -> dict[str, tuple[str, alt.TopLevelMixin]]:
         out["memory_map"] = ("Final direct map (lowest seed): one cell per 2 MiB region, one row per 512 MiB",
                              _per_trace(cells, data.memory_map, data.policies))
     if data.waste.height:
-        area = alt.Chart().mark_area().encode(
+        area = alt.Chart().mark_area(interpolate="step-after").encode(
             x=alt.X("ts_s:Q", title="trace time (s)"), y=alt.Y("mib:Q", stack=True, title="MiB"),
             color=alt.Color("cause:N", title="cause")).properties(width=200, height=110)
         out["waste"] = ("Waste over time by cause (MiB, mean across seeds)",

@@ -1,4 +1,4 @@
-"""Write the report: one self-contained HTML page, ``summary.md``, optional PNG/SVG.
+"""Render the report: one self-contained HTML page, ``summary.md``, optional PNG/SVG.
 
 The page inlines the Vega, Vega-Lite and vega-embed JavaScript once (from
 vl-convert's bundle) and each chart's spec, so it opens with no network,

@@ -139,6 +139,7 @@ class Recorder:
         self._marker: int | None = None
         self.events: list[str] = []
         self.known_ids: set[int] = set()
+        self.warmup: list[BpfProg] = []
         self.progs: dict[int, BpfProg] = {}
         self.start_vmstat: dict[str, int] = {}
         self.start_meta: dict[str, str] = {}
@@ -177,8 +178,8 @@ class Recorder:
                     pass
 
     def start(self) -> None:
-        bpfload.check_bpf_available()
         self.root = self._find_tracefs()
+        bpfload.check_bpf_available()
         self._remove_stale()
         missing = [e for e in REQUIRED if not (self.root / "events" / e).is_dir()]
         if missing:
@@ -194,7 +195,9 @@ class Recorder:
             if (self.inst / "events" / e).is_dir():
                 self._w(f"events/{e}/enable", "1")
                 self.events.append(e)
-        self.known_ids = set(bpfload.prog_ids())      # programs loaded before: not ours to trace
+        self.known_ids = set(bpfload.prog_ids())      # programs alive now: the starting state
+        self.warmup = [BpfProg(i.id, i.name, i.jited_prog_len, load_time_ns=i.load_time)
+                       for i in map(bpfload.info_by_id, sorted(self.known_ids)) if i is not None]
         self.start_meta = machine_metadata()
         self.start_vmstat = vmstat()
         self._marker = os.open(self.inst / "trace_marker", os.O_WRONLY)
@@ -267,7 +270,7 @@ class Recorder:
         progs = bpf_progs if bpf_progs is not None else sorted(self.progs.values(), key=lambda p: p.id)
         with open(self.inst / "trace", encoding="utf-8", errors="replace") as lines:
             return import_ftrace(lines, out, bpf_progs=progs, metadata=meta, own_pid=own_pid,
-                                 allow_empty=True)
+                                 warmup=self.warmup, allow_empty=True)
 
 
 def record(out: str | os.PathLike, duration: float | None = None, *,

@@ -243,10 +243,8 @@ def validate_trace(path: str | os.PathLike, limit_per_kind: int | None = 1000,
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_size, columns=names):
-            _check_batch(batch, start, names, sections, out, life, prev_seq, prev_ts)
             if batch.num_rows:
-                prev_seq = batch.column("seq")[-1].as_py()
-                prev_ts = batch.column("ts_ns")[-1].as_py()
+                prev_seq, prev_ts = _check_batch(batch, start, names, sections, out, life, prev_seq, prev_ts)
             start += batch.num_rows
     except (pa.ArrowException, OSError) as e:
         out.add("truncated", f"cannot read rows from {start} on: truncated or corrupt data ({e})",
@@ -255,7 +253,8 @@ def validate_trace(path: str | os.PathLike, limit_per_kind: int | None = 1000,
 
 
 def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Collector, life: Lifetimes,
-                 prev_seq, prev_ts) -> None:
+                 prev_seq: int | None, prev_ts: int | None) -> tuple[int, int]:
+    """Check one non-empty batch starting at file row ``start``; returns its last seq and ts_ns."""
     n = batch.num_rows
     rows = np.arange(start, start + n, dtype=np.int64)
     for name in names:
@@ -279,6 +278,7 @@ def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Colle
     ops = _np(code, np.int64)
     known = ~unknown & op_col.is_valid().to_numpy(zero_copy_only=False)
 
+    last = []
     for name, prev_value, kind, what, fix in (
         ("seq", prev_seq, "seq_not_increasing", "does not increase", "seq must strictly increase: sort the "
          "events by seq and renumber duplicates"),
@@ -286,8 +286,7 @@ def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Colle
          "timestamps from one monotonic clock"),
     ):
         v = _np(batch.column(name), np.uint64)
-        if not n:
-            continue
+        last.append(int(v[-1]))
         prev = np.concatenate([[v[0] if prev_value is None else prev_value], v[:-1]]).astype(np.uint64)
         bad = np.flatnonzero(v <= prev if name == "seq" else v < prev)
         if name == "seq" and prev_value is None:
@@ -325,6 +324,7 @@ def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Colle
     ids = _np(batch.column("id"), np.uint64)
     nbytes = np.where(is_module, total, size)
     life.feed(rows[known], ops[known], ids[known], nbytes[known], init[known])
+    return last[0], last[1]
 
 
 @dataclass

@@ -84,7 +84,7 @@ class Policy:
         """Bind to a booted kernel and set the release's CPA behaviour (5.10: NX-only skips the alias)."""
         self.k = k
         k.cpa_alias_nx_kludge = True
-        self.vmallocs: dict[int, vm_struct] = {}
+        self.vmallocs: dict[int, tuple] = {}
         self.modules: dict[int, list] = {}
         self.progs: dict[int, object] = {}
         self.execs: dict[int, object] = {}
@@ -196,10 +196,10 @@ class Policy:
     def vmalloc(self, id: int, size: int) -> None:
         if id in self.vmallocs:
             raise KernelFault(f"vmalloc id {id} is already live")
-        self.vmallocs[id] = self.k.vm.vmalloc((size + 4095) >> 12 or 1)
+        self.vmallocs[id] = self.k.vm.vmalloc_plain((size + 4095) >> 12 or 1)
 
     def vfree(self, id: int) -> None:
-        self.k.vm.vfree(take(self.vmallocs, id, "vmalloc"))
+        self.k.vm.vfree_plain(take(self.vmallocs, id, "vmalloc"))
 
     # -- patching and pressure ---------------------------------------------------
 

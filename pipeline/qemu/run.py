@@ -75,25 +75,27 @@ def _write_text(path: Path, text: str) -> None:
 def _readme(summary: dict) -> str:
     t = summary["timings_s"]
     g = summary["guest"]
+    steps = ("download", "unpack", "modules", "initramfs", "boot", "import", "total")
     fails = "; ".join(f"`{f}`" for f in g["insmod_failed"]) or "none"
     imp = f"\n- **Import failed**: {summary['import_error']}" if "import_error" in summary else ""
+    l2 = [g["vmstat"].get(phase, {}).get("direct_map_level2_splits") for phase in ("before", "loaded", "after")]
     return f"""# Ground truth: {summary['kernel_package']} under QEMU (TCG), {summary['cpus']} CPUs
 
 Command: `{summary['command']}`
 
-- Kernel: {summary['kernel_package']} ({summary['kernel_deb']}), release {g['kernel_release']}
+- Kernel: {summary['kernel_deb']}, release {g['kernel_release']}
 - Modules requested: {' '.join(summary['modules_requested'])}
 - Modules loaded ({g['loaded']} of {len(summary['modlist'])}, dependencies included, in order):
   {' '.join(Path(m).name for m in summary['modlist'])}
 - insmod failures: {fails}
 - Trace: `{summary['trace']}` ({g['trace_lines']} trace lines), observations `{summary['observed']}`{imp}
-- Direct-map splits (vmstat, before -> after loading): level2 {g['vmstat'].get('before', {}).get('direct_map_level2_splits')} -> {g['vmstat'].get('loaded', {}).get('direct_map_level2_splits')}
+- vmstat direct_map_level2_splits: {l2[0]} before, {l2[1]} after loading, {l2[2]} after unloading
 
 ## Wall time (seconds, this host)
 
-| download | unpack | modules | initramfs | boot (QEMU) | import | total |
-|---|---|---|---|---|---|---|
-| {t['download']:.1f} | {t['unpack']:.1f} | {t['modules']:.1f} | {t['initramfs']:.1f} | {t['boot']:.1f} | {t['import']:.1f} | {t['total']:.1f} |
+| {' | '.join(steps)} |
+|{'---|' * len(steps)}
+| {' | '.join(f"{t.get(s, 0.0):.1f}" for s in steps)} |
 
 Guest clock (s since boot): /init at {g['init_uptime_s']}, all modules loaded within {g['load_window_s']},
 all removed at {g['unloaded_uptime_s']}, trace printed over the serial port by {g['done_uptime_s']} (power-off).
@@ -154,8 +156,7 @@ def groundtruth_qemu(kernel_deb: str, modules: list[str], cpus: int, out: Path, 
     out.mkdir(parents=True, exist_ok=True)
     initrd = timed("initramfs", build_initramfs, out / "initrd.cpio.gz", busybox, moddir, modlist)
 
-    extra = () if trace_buf_kb == 16384 else (f"gt_buf={trace_buf_kb}",)
-    cmd = qemu_command(vmlinuz, initrd, cpus, mem=mem, cpa=cpa, extra_args=extra)
+    cmd = qemu_command(vmlinuz, initrd, cpus, mem=mem, cpa=cpa, extra_args=(f"gt_buf={trace_buf_kb}",))
     progress(f"booting {vmlinuz.name} under QEMU TCG with {cpus} CPUs (timeout {timeout_s:.0f} s)")
     raw_log = out / ".serial.log.partial"
     result = timed("boot", boot, cmd, raw_log, timeout_s)

@@ -326,7 +326,7 @@ def test_groundtruth_qemu_flow_writes_every_output(groundtruth_dir: Path, moddir
         assert (out / name).is_file(), name
     assert gzip.decompress((out / "serial.log.gz").read_bytes()) == serial
     assert summary["importer"]["n_events"] > 0 and summary["timings_s"]["boot"] >= 0
-    assert "| download | unpack |" in (out / "README.md").read_text()
+    assert "| download | unpack | modules | initramfs | boot | import | total |" in (out / "README.md").read_text()
     # AND a second run refuses to overwrite without --force
     with pytest.raises(PermtraceError, match="--force"):
         groundtruth_qemu("linux-image-9.9.9-test", ["a"], 2, out, cache=cache)
@@ -342,10 +342,12 @@ def test_groundtruth_qemu_10_modules_2_cpus_passes_check_model(tmp_path: Path):
         pytest.skip("qemu-system-x86_64 not installed (apt-get install -y --no-install-recommends qemu-system-x86)")
     cache = Path(os.environ.get("PERMTRACE_QEMU_CACHE", debian.DEFAULT_CACHE))
     out = tmp_path / "gt"
-    summary = groundtruth_qemu("6.1", EXAMPLE_MODULES.split(","), 2, out, cache=cache)
+    wanted = EXAMPLE_MODULES.split(",")
+    assert len(wanted) == 10
+    summary = groundtruth_qemu("6.1", wanted, 2, out, cache=cache)
     g = summary["guest"]
     assert g["kernel_release"].startswith("6.1.") and g["nr_cpus"] == 2
-    assert g["insmod_failed"] == [] and g["loaded"] == len(summary["modlist"]) >= len(EXAMPLE_MODULES.split(","))
+    assert g["insmod_failed"] == [] and g["loaded"] == len(summary["modlist"]) >= len(wanted)
     trace = out / summary["trace"]
     assert (out / summary["observed"]).is_file() and (out / "serial.log.gz").is_file()
     ops = read_trace(trace).column("op").to_pylist()

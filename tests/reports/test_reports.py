@@ -16,7 +16,7 @@ def _summary(policies=("legacy", "perm_alloc"), cpus=(4,)):
     rows = []
     for i, p in enumerate(policies):
         for c in cpus:
-            for m in ("shootdowns", "shootdowns_per_load", "splits", "waste_mean_bytes", "shootdown_cost_ms"):
+            for m in ("shootdowns", "shootdowns_per_load", "splits", "waste_mean_mib", "shootdown_cost_ms"):
                 rows.append({"policy": p, "nr_cpus": c, "metric": m, "mean": 10.0 - i, "lo": 9.0 - i, "hi": 11.0 - i})
     return pl.DataFrame(rows)
 

@@ -34,3 +34,29 @@ def columns() -> dict[str, list]:
         for c in (*SECTION_COLUMNS, "patch_sites"):
             cols[c].append(extra.get(c, 0))
     return cols
+
+
+def set_(col, row, value):
+    def mutate(cols):
+        cols[col][row] = value
+    return mutate
+
+
+#: GIVEN the valid trace WHEN this corruption THEN exactly these problems (kind, row, column)
+CORRUPTIONS = {
+    "unknown op": (set_("op", 6, "text_poke"), [("unknown_op", 6, "op")]),
+    "seq repeats": (set_("seq", 5, 4), [("seq_not_increasing", 5, "seq")]),
+    "seq goes down": (set_("seq", 3, 0), [("seq_not_increasing", 3, "seq")]),
+    "ts backwards": (set_("ts_ns", 7, 10), [("ts_backwards", 7, "ts_ns")]),
+    "free of unknown id": (set_("id", 4, 99), [("free_not_live", 4, "id")]),
+    "free of freed id": (lambda c: (set_("op", 8, "vfree")(c), set_("id", 8, 3)(c)), [("free_not_live", 8, "id")]),
+    "init free of unknown module": (set_("id", 1, 7), [("free_not_live", 1, "id")]),
+    "load of a live id": (lambda c: (set_("op", 7, "exec_alloc")(c), set_("id", 7, 4)(c)), [("load_live", 7, "id")]),
+    "zero size": (set_("size", 3, 0), [("zero_size", 3, "size")]),
+    "zero mem_pressure": (set_("size", 7, 0), [("zero_size", 7, "size")]),
+    "absurd size": (set_("size", 2, (1 << 40) + 1), [("absurd_size", 2, "size")]),
+    "absurd section": (set_("data_size", 0, 1 << 41), [("absurd_size", 0, "data_size")]),
+    "module sizes on a BPF load": (set_("text_size", 2, 4096), [("sections_on_non_module", 2, "text_size")]),
+    "module without sections": (lambda c: [c[s].__setitem__(0, 0) for s in ("text_size", "data_size", "init_text_size")],
+                                [("zero_size", 0, "text_size")]),
+}

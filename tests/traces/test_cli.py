@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main
 from traces.schema import SCHEMA
 
-from .helpers import columns
+from .helpers import CORRUPTIONS, columns
 
 
 def run(capsys, *argv):
@@ -52,6 +52,18 @@ def test_validate_lists_problems_and_exits_2(tmp_path, capsys):
     assert lines[1].startswith(f"{tmp_path / 'bad.parquet'}, row 6, column 'op': unknown op 'bogus'")
     assert "(fix: ops are: module_load" in lines[1]
     assert "INVALID" in err and "0-based" in err
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_validate_names_row_and_column_of_each_problem_kind(tmp_path, capsys, name):
+    mutate, expected = CORRUPTIONS[name]
+    cols = columns()
+    mutate(cols)
+    pq.write_table(pa.table(cols, schema=SCHEMA), tmp_path / "bad.parquet")
+    code, out, _ = run(capsys, "trace", "validate", str(tmp_path / "bad.parquet"))
+    assert code == 2
+    for _, row, column in expected:
+        assert f"{tmp_path / 'bad.parquet'}, row {row}, column '{column}': " in out
 
 
 @pytest.mark.parametrize("content", [b"", b"not parquet at all", b"PAR1 cut short"])

@@ -282,11 +282,13 @@ def observed_path(trace: str | os.PathLike) -> Path:
 def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathLike, *,
                   bpf_progs: str | os.PathLike | list[BpfProg] | None = None,
                   metadata: dict | None = None, own_pid: int | None = None,
-                  allow_empty: bool = False) -> ImportSummary:
+                  warmup: list[BpfProg] | None = None, allow_empty: bool = False) -> ImportSummary:
     """Import ftrace text into ``out`` (trace) and its ``.observed.parquet``.
 
     ``bpf_progs``: a ``bpftool prog show --json`` / ground-truth JSON path,
-    or a list of :class:`BpfProg`.  ``metadata`` overrides what the log
+    or a list of :class:`BpfProg`.  ``warmup``: programs alive when tracing
+    started; they become the first events, and metadata ``warmup_events``
+    says how many events are starting state rather than workload.  ``metadata`` overrides what the log
     itself tells (``nr_cpus``, ``DirectMap*``, ...); keys ``direct_map_level*``
     there are the vmstat counters at the start of the trace.  Raises
     :class:`TraceError` when no trace line at all was found (unless
@@ -297,7 +299,7 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
         progs, meta_in = load_bpf_progs(bpf_progs), case_metadata(bpf_progs)
     meta_in.update({k: str(v) for k, v in (metadata or {}).items()})
     summary = ImportSummary()
-    conv = KernelEventConverter(own_pid=own_pid, bpf_progs=progs)
+    conv = KernelEventConverter(own_pid=own_pid, bpf_progs=progs, warmup=warmup)
     parser = FtraceParser(conv, summary)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<lines>"
     for lineno, line in enumerate(_lines(source), 1):
@@ -321,6 +323,8 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
     summary.totals = conv.totals(observed)
     meta.update({f"observed.{k}": v for k, v in summary.totals.items()})
     meta["observed_kinds"] = ",".join(sorted(conv.observable))
+    if conv.n_warmup:
+        meta["warmup_events"] = str(conv.n_warmup)
     summary.metadata = meta
     out = Path(out)
     summary.trace = write_trace(out, trace, meta)

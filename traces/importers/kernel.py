@@ -80,6 +80,8 @@ _GT_CASE = re.compile(r"GT case N=(\d+) K=(\d+)")   # qemu bpfload.c (guests): o
 _GT_BPFL = re.compile(r"GT bpfL (\d+)")
 _GT_BPFF = re.compile(r"GT bpfF (\d+)")
 _GT_DM = re.compile(r"GT dm \S+ .*\bl2=(\d+) l3=(\d+)")
+#: Trace ids of programs alive at the start: kernel prog id + this (beyond GT indexes).
+WARMUP_ID_BASE = 1 << 40
 #: Guest BPF program ids: case number * this + index (indexes restart per case).
 CASE_ID_STRIDE = 1_000_000
 _GT_VMSTAT = re.compile(r"(direct_map_level[23]_(?:splits|collapses)) (\d+)")
@@ -107,8 +109,13 @@ class KernelEventConverter:
     recorded, load/free times).
     """
 
-    def __init__(self, *, own_pid: int | None = None, bpf_progs: list[BpfProg] | None = None) -> None:
+    def __init__(self, *, own_pid: int | None = None, bpf_progs: list[BpfProg] | None = None,
+                 warmup: list[BpfProg] | None = None) -> None:
         self.own_pid = own_pid
+        # Programs alive when tracing started: loaded first, as the starting state (their
+        # code fills packs the workload's programs then share).  Not observed.
+        self._warmup = sorted(warmup or [], key=lambda p: (p.load_time_ns or 0, p.id or 0))
+        self.n_warmup = len(self._warmup)
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -155,6 +162,8 @@ class KernelEventConverter:
     def _emit(self, ts: int, cpu: int, op: str, id_: int, size: int = 0, owner: str | None = None,
               sections: tuple[int, ...] = (0,) * _N_SECT, patch_sites: int = 0,
               pid: int | None = None) -> int:
+        if self._warmup:
+            self._emit_warmup(ts)
         self.events.append([max(ts, self.last_ts), cpu, op, id_, size, owner, *sections, patch_sites])
         self.last_ts = max(ts, self.last_ts)
         row = len(self.events) - 1
@@ -164,6 +173,11 @@ class KernelEventConverter:
         elif op not in ("vmalloc", "text_patch"):
             self._sticky[pid] = row
         return row
+
+    def _emit_warmup(self, ts: int) -> None:
+        warm, self._warmup = self._warmup, []
+        for p in warm:
+            self._emit(ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name)
 
     def charge(self, pid: int | None, comm: str) -> int | None:
         """The event row the kernel's work done now by ``pid`` is charged to.
@@ -455,6 +469,7 @@ class KernelEventConverter:
         """Close open windows and return (trace table, observations table)."""
         self.advance(1 << 63)
         self._flush_bpf(self.last_ts)
+        self._emit_warmup(self.last_ts)
         for pid in list(self._pending_purge):
             self._end_purge(pid, "")
         keep = [i for i, e in enumerate(self.events) if e[2] is not None]

@@ -52,7 +52,7 @@ ANCHOR_COLUMNS = ("module", *SECTION_COLUMNS, "patch_sites", "text_poke_bp_batch
 
 _VMALLOC_START = 0xFFFFC90000000000  # 4-level x86-64 VMALLOC_START (Documentation/arch/x86/x86_64/mm.rst)
 _MARK = re.compile(r"tracing_mark_write: GT (\S+)(?: (\S+))?")
-_EVENT = re.compile(r"^\s*(\S+)-\d+\s+\[\d+\].*?: (set_ro|set_nx|set_x|text_poke_bp_batch|alloc_va|module_alloc): (.*)$")
+_EVENT = re.compile(r"^\s*(\S+)-\d+\s+\[\d+\].*?: (set_ro|set_nx|set_x|text_poke_bp_batch|alloc_va): (.*)$")
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
 

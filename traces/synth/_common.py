@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from traces.errors import PermtraceError
-from traces.schema import OP_CODE, OPS, SCHEMA, SECTION_COLUMNS
+from traces.schema import ALLOC_FREE, OP_CODE, OPS, SCHEMA, SECTION_COLUMNS
 
 BATCH_ROWS = 1 << 16
 WINDOW_EVENTS = 1 << 16
@@ -175,7 +175,6 @@ FOREVER = -1
 def object_events(ts, lifetime, alloc_op: str, ids, *, free_delay: int = 0, **cols) -> Events:
     """Allocation events at ``ts`` and, where ``lifetime != FOREVER``, their frees
     at ``ts + lifetime + free_delay`` (the op :data:`traces.schema.ALLOC_FREE` pairs)."""
-    from traces.schema import ALLOC_FREE
     ts = np.asarray(ts, dtype=np.uint64)
     lifetime = np.broadcast_to(np.asarray(lifetime, dtype=np.int64), ts.shape)
     alloc = make_events(ts, alloc_op, id=ids, **cols)

@@ -44,8 +44,7 @@ COLDPLUG_START, COLDPLUG_LEN = 1_500 * MS, 6 * NS_PER_S
 class ModuleBoot:
     """The boot's module loads, precomputed as one script (a few hundred events)."""
 
-    def __init__(self, params: Params, ids: Ids, owners: Owners, rng: np.random.Generator,
-                 unload_until: int | None = None) -> None:
+    def __init__(self, params: Params, ids: Ids, owners: Owners, rng: np.random.Generator) -> None:
         a = load_module_anchors()
         n = int(rng.integers(100, 201))
         pick = rng.integers(0, len(a["module"]), size=n)
@@ -70,7 +69,7 @@ class ModuleBoot:
         parts = [self._loads(ids, rng, start, np.arange(n))]
 
         # a few unloads, half of them reloaded
-        end = unload_until if unload_until is not None else params.duration_ns
+        end = params.duration_ns
         first = COLDPLUG_START + COLDPLUG_LEN + 5 * NS_PER_S
         if end > first:
             k = int(rng.integers(2, 7))
@@ -90,13 +89,13 @@ class ModuleBoot:
         m = {k: v[idx] for k, v in self.mods.items()}
         n = len(idx)
         t = np.asarray(t, dtype=np.uint64)
-        core = sum(m[c] for c in SECTION_COLUMNS)
-        t_live = t + (500 * US + core * MS // (1 << 20)).astype(np.uint64)
+        total = sum(m[c] for c in SECTION_COLUMNS)
+        t_live = t + (500 * US + total * MS // (1 << 20)).astype(np.uint64)
         init_ns = lognormal(rng, 1 * MS, 1.5, n, 10 * US, 2 * NS_PER_S)
         copy, mod = ids.take(n), ids.take(n)
         return concat([
             make_events(t, "vmalloc", id=copy, size=m["ko"]),
-            make_events(t_live, "module_load", id=mod, size=core, owner=m["owner"],
+            make_events(t_live, "module_load", id=mod, size=total, owner=m["owner"],
                         patch_sites=m["patch_sites"], **{c: m[c] for c in SECTION_COLUMNS}),
             make_events(t_live + np.uint64(5 * US), "vfree", id=copy),
             make_events(t_live + (init_ns + 10 * MS).astype(np.uint64), "module_init_free", id=mod,

@@ -15,9 +15,11 @@ Generative model (rates per second, lifetimes LogNormal(median, sigma)):
   programs, LogNormal(10 min, 1.5).
 - Agent one-shots (bpftrace, profilers): 0.05/s, 1-10 programs,
   LogNormal(30 s, 1.0).
-- Every load is eBPF: 3 plain vmalloc areas, 2 freed at once, the program's
-  own area vfree'd after its release (groundtruth/REPORT.md, "What a load
-  does"; ``_common.bpf_load_events``).
+- Packet captures (tcpdump/libpcap ``SO_ATTACH_FILTER``): 0.01/s, one
+  classic-BPF filter, LogNormal(5 min, 1.5).
+- An eBPF load allocates 3 plain vmalloc areas, 2 freed at once, the
+  program's own area vfree'd after its release; a classic one 1 area
+  (groundtruth/REPORT.md, "What a load does"; ``_common.bpf_load_events``).
 
 Defaults: 16 CPUs, 64 GiB, 1 h (about 20k events).
 """
@@ -38,16 +40,17 @@ CNI = ("cil_from_container", "cil_to_container", "cil_from_netdev", "cil_to_host
 AGENT = ("kprobe_tcp_connect", "tp_sched_process_exec", "kprobe_vfs_read", "tp_sys_enter", "uprobe_ssl_read",
          "profile_cpu", "kretprobe_tcp_sendmsg")
 
-#: (name, owner prefix, names, arrivals/s, programs per arrival [lo, hi], lifetime median ns, sigma)
+#: (owner prefix, names, arrivals/s, programs per arrival [lo, hi], lifetime median ns, sigma, classic BPF)
 CHURN = (
-    ("pods", "cilium", CNI, 1 / 60, (4, 8), 30 * 60 * NS_PER_S, 1.5),
-    ("units", "systemd", SYSTEMD, 0.2, (1, 2), 10 * 60 * NS_PER_S, 1.5),
-    ("oneshots", "agent", AGENT, 0.05, (1, 10), 30 * NS_PER_S, 1.0),
+    ("cilium", CNI, 1 / 60, (4, 8), 30 * 60 * NS_PER_S, 1.5, False),       # pods
+    ("systemd", SYSTEMD, 0.2, (1, 2), 10 * 60 * NS_PER_S, 1.5, False),     # units
+    ("agent", AGENT, 0.05, (1, 10), 30 * NS_PER_S, 1.0, False),            # one-shots
+    ("pcap", ("tcpdump",), 0.01, (1, 1), 5 * 60 * NS_PER_S, 1.5, True),    # packet captures
 )
 #: (owner prefix, names, programs at boot [lo, hi])
 BOOT = (("systemd", SYSTEMD, (10, 20)), ("cilium", CNI, (40, 80)), ("agent", AGENT, (20, 60)))
-#: Plain events per eBPF program that is loaded and released (3 vmalloc, 3 vfree, load, free).
-EVENTS_PER_PROG = 8
+#: Events per program loaded and released: eBPF 3 vmalloc, 3 vfree, load, free; classic 1 + 1 + 2.
+EVENTS_PER_PROG = {False: 8, True: 4}
 
 
 def owner_codes(owners: Owners, prefix: str, names) -> np.ndarray:
@@ -78,11 +81,11 @@ class BpfChurn:
 
     def __init__(self, ids: Ids, owners: Owners, rng: np.random.Generator, *, prefix: str, names,
                  rate: float, per_arrival: tuple[int, int], life_median: int, life_sigma: float,
-                 scale: float = 1.0) -> None:
-        self.ids, self.rng, self.rate, self.per = ids, rng, rate * scale, per_arrival
+                 classic: bool = False, scale: float = 1.0) -> None:
+        self.ids, self.rng, self.rate, self.per, self.classic = ids, rng, rate * scale, per_arrival, classic
         self.life = (life_median, life_sigma)
         self.codes = owner_codes(owners, prefix, names)
-        self.events_per_s = self.rate * sum(per_arrival) / 2 * EVENTS_PER_PROG
+        self.events_per_s = self.rate * sum(per_arrival) / 2 * EVENTS_PER_PROG[classic]
 
     def window(self, t0: int, t1: int) -> Events:
         rng = self.rng
@@ -94,13 +97,13 @@ class BpfChurn:
         ts = np.repeat(t, k) + (nth * MS).astype(np.uint64)
         n = len(ts)
         return bpf_load_events(self.ids, ts, bpf_jit_sizes(rng, n), np.repeat(life, k),
-                               rng.choice(self.codes, size=n), classic=False)
+                               rng.choice(self.codes, size=n), classic=self.classic)
 
 
 def churn_sources(params: Params, ids: Ids, owners: Owners, scale: float = 1.0, stream: int = 10) -> list:
     return [BpfChurn(ids, owners, np.random.default_rng([params.seed, stream + i]), prefix=prefix, names=names,
-                     rate=rate, per_arrival=per, life_median=med, life_sigma=sig, scale=scale)
-            for i, (_, prefix, names, rate, per, med, sig) in enumerate(CHURN)]
+                     rate=rate, per_arrival=per, life_median=med, life_sigma=sig, classic=classic, scale=scale)
+            for i, (prefix, names, rate, per, med, sig, classic) in enumerate(CHURN)]
 
 
 def build(params: Params, ids: Ids, owners: Owners) -> list:
