@@ -97,39 +97,45 @@ class DirectMap:
         alias of a PMD-mapped, physically contiguous primary), which is then
         updated in place.  A 1G leaf is first split to 2M.
         """
-        changed = False
-        level = self.level
         keep = 7 & ~mask_clr
+        if len(pfns) == 1:                               # the common case: one page, no numpy grouping
+            pfn = int(pfns[0])
+            return self._change_region(k, pfn >> 9, pfn & 511, 1, keep, mask_set, False)
         regs = pfns >> 9
-        if len(pfns) == 1 or regs[0] == regs[-1] and (regs == regs[0]).all():
-            groups = ((int(regs[0]), pfns & 511),)
-        else:
-            order = np.argsort(regs, kind="stable")
-            sr = regs[order]
-            cut = np.flatnonzero(sr[1:] != sr[:-1]) + 1
-            groups = ((int(g[0] >> 9), g & 511) for g in np.split(pfns[order], cut))
-        for r, offs in groups:
-            if level[r] != LEVEL_4K:
-                old = self.large_prot.get(r, PAGE_KERNEL) if level[r] == LEVEL_2M else PAGE_KERNEL
-                req = (old & keep) | mask_set
-                if req == old:
-                    continue
-                if level[r] == LEVEL_1G:
-                    self._split_1g(k, r)
-                if whole_large and len(offs) == REGION_PAGES:
-                    if req == PAGE_KERNEL:
-                        self.large_prot.pop(r, None)
-                    else:
-                        self.large_prot[r] = req
-                    changed = True
-                    continue
-                self._split_2m(k, r, old)
-            arr = self.ptes.get(r)
-            if arr is None:
-                arr = self.ptes[r] = np.full(REGION_PAGES, PAGE_KERNEL, np.uint8)
-            sub = arr[offs]
-            new = (sub & keep) | mask_set
-            if (new != sub).any():
-                arr[offs] = new
+        if regs[0] == regs[-1] and (regs == regs[0]).all():
+            return self._change_region(k, int(regs[0]), pfns & 511, len(pfns), keep, mask_set, whole_large)
+        order = np.argsort(regs, kind="stable")
+        sr = regs[order]
+        cut = np.flatnonzero(sr[1:] != sr[:-1]) + 1
+        changed = False
+        for g in np.split(pfns[order], cut):
+            if self._change_region(k, int(g[0]) >> 9, g & 511, len(g), keep, mask_set, whole_large):
                 changed = True
         return changed
+
+    def _change_region(self, k, r: int, offs, count: int, keep: int, mask_set: int, whole_large: bool) -> bool:
+        """``__change_page_attr`` for the pages at ``offs`` (an int or an array) of 2 MiB region ``r``."""
+        level = self.level[r]
+        if level != LEVEL_4K:
+            old = self.large_prot.get(r, PAGE_KERNEL) if level == LEVEL_2M else PAGE_KERNEL
+            req = (old & keep) | mask_set
+            if req == old:
+                return False                             # no change: the large page is kept
+            if level == LEVEL_1G:
+                self._split_1g(k, r)
+            if whole_large and count == REGION_PAGES:    # whole 2M leaf: updated in place
+                if req == PAGE_KERNEL:
+                    self.large_prot.pop(r, None)
+                else:
+                    self.large_prot[r] = req
+                return True
+            self._split_2m(k, r, old)
+        arr = self.ptes.get(r)
+        if arr is None:
+            arr = self.ptes[r] = np.full(REGION_PAGES, PAGE_KERNEL, np.uint8)
+        sub = arr[offs]
+        new = (sub & keep) | mask_set
+        if (new != sub).any():
+            arr[offs] = new
+            return True
+        return False

@@ -75,6 +75,7 @@ class PageAllocator:
         self.state = np.zeros(self.nr_regions, np.uint8)
         self.state[:BOOT_RESERVED_BLOCKS] = TAKEN
         self.nr_free_blocks = self.nr_regions - BOOT_RESERVED_BLOCKS
+        self.free_budget = self.nr_free_blocks * PAGES_PER_BLOCK   # pages never handed out yet
         if fragmentation == "fresh":
             self.large_claims_left = self.nr_regions
         elif fragmentation == "aged":
@@ -108,14 +109,18 @@ class PageAllocator:
     def _claim(self) -> None:
         """``__rmqueue_fallback``: give the unmovable type a new pageblock to carve from."""
         rng = self.rng
+        if self.free_budget <= 0:
+            raise OutOfMemory("no free memory left")
         if self.large_claims_left > 0 and self.nr_free_blocks > 0:
             self.large_claims_left -= 1
             b = self._next_free_block()
+            self.free_budget -= PAGES_PER_BLOCK
             share = int(rng.integers(*FRESH_SHARE))
         else:
             # a partly free movable pageblock anywhere in memory
             b = int(rng.integers(BOOT_RESERVED_BLOCKS, self.nr_regions))
-            share = int(rng.integers(*AGED_SHARE))
+            share = min(int(rng.integers(*AGED_SHARE)), self.free_budget)
+            self.free_budget -= share
         off = int(rng.integers(0, PAGES_PER_BLOCK - share + 1))
         self.cur_pfn = (b << PAGEBLOCK_ORDER) + off
         self.cur_end = self.cur_pfn + share
@@ -154,6 +159,7 @@ class PageAllocator:
     def alloc_huge(self) -> int:
         """An order-9 block (2 MiB, physically contiguous, aligned); returns its first pfn."""
         b = self._next_free_block()
+        self.free_budget -= PAGES_PER_BLOCK
         self.pages_in_use += PAGES_PER_BLOCK
         return b << PAGEBLOCK_ORDER
 
@@ -161,4 +167,5 @@ class PageAllocator:
         b = pfn >> PAGEBLOCK_ORDER
         self.state[b] = FREE
         self.nr_free_blocks += 1
+        self.free_budget += PAGES_PER_BLOCK
         self.pages_in_use -= PAGES_PER_BLOCK

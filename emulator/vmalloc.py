@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from operator import sub
 
 import numpy as np
@@ -57,20 +58,21 @@ class VmapRange:
 
     def _set(self, starts: list[int], ends: list[int]) -> None:
         # one-page holes can never fit a request (every area has a guard page): keep them aside
-        self.tiny = [x for x, y in zip(starts, ends) if y - x == 1]
+        self.tiny = {x for x, y in zip(starts, ends) if y - x == 1}
         if self.tiny:
-            starts, ends = zip(*[(x, y) for x, y in zip(starts, ends) if y - x > 1]) or ((), ())
-            starts, ends = list(starts), list(ends)
+            kept = [(x, y) for x, y in zip(starts, ends) if y - x > 1]
+            starts, ends = [x for x, _ in kept], [y for _, y in kept]
         self.cs = [starts[i:i + CHUNK] for i in range(0, len(starts), CHUNK)]
         self.ce = [ends[i:i + CHUNK] for i in range(0, len(ends), CHUNK)]
         self.cmax = [max(map(sub, e, s)) for s, e in zip(self.cs, self.ce)]
+        self.cfirst = [ch[0] for ch in self.cs]   # a lower bound of each chunk's first start
 
     def _fix(self, c: int) -> None:
         st, en = self.cs[c], self.ce[c]
         if not st:
-            del self.cs[c], self.ce[c], self.cmax[c]
+            del self.cs[c], self.ce[c], self.cmax[c], self.cfirst[c]
         elif len(st) > 2 * CHUNK:
-            self.release([])
+            self._set(*self._sorted_blocks())
         else:
             self.cmax[c] = max(map(sub, en, st))
 
@@ -105,19 +107,65 @@ class VmapRange:
         return None
 
     def blocks(self) -> tuple[list[int], list[int]]:
-        """All free blocks (unsorted when one-page holes exist)."""
-        return ([x for ch in self.cs for x in ch] + self.tiny,
-                [x for ch in self.ce for x in ch] + [x + 1 for x in self.tiny])
+        """All free blocks (the one-page holes last)."""
+        tiny = sorted(self.tiny)
+        return ([x for ch in self.cs for x in ch] + tiny, [x for ch in self.ce for x in ch] + [x + 1 for x in tiny])
 
-    def release(self, blocks: list[tuple[int, int]]) -> None:
-        """Merge freed ``[start, end)`` blocks back into the free space (``merge_or_add_vmap_area``)."""
+    def _sorted_blocks(self, extra: list[tuple[int, int]] = ()) -> tuple[list[int], list[int]]:
         fs, fe = self.blocks()
-        s = np.array(fs + [b[0] for b in blocks], np.int64)
-        e = np.array(fe + [b[1] for b in blocks], np.int64)
+        s = np.array(fs + [b[0] for b in extra], np.int64)
+        e = np.array(fe + [b[1] for b in extra], np.int64)
         order = np.argsort(s, kind="stable")
         s, e = s[order], e[order]
         brk = np.flatnonzero(e[:-1] != s[1:]) + 1      # free blocks never overlap: merge touching ones
-        self._set(s[np.r_[0, brk]].tolist(), e[np.r_[brk - 1, len(s) - 1]].tolist())
+        return s[np.r_[0, brk]].tolist(), e[np.r_[brk - 1, len(s) - 1]].tolist()
+
+    def release(self, blocks: list[tuple[int, int]]) -> None:
+        """Merge freed ``[start, end)`` blocks back into the free space (``merge_or_add_vmap_area``)."""
+        if len(blocks) > 16 or not self.cs:
+            self._set(*self._sorted_blocks(blocks))
+            return
+        for s, e in blocks:
+            self._insert(s, e)
+
+    def _insert(self, s: int, e: int) -> None:
+        """Insert one freed block, merging with its neighbours."""
+        tiny = self.tiny
+        if s - 1 in tiny:
+            tiny.discard(s - 1)
+            s -= 1
+        if e in tiny:
+            tiny.discard(e)
+            e += 1
+        cs, ce = self.cs, self.ce
+        c = max(bisect_right(self.cfirst, s) - 1, 0)
+        st, en = cs[c], ce[c]
+        i = bisect_right(st, s)
+        if i and en[i - 1] == s:
+            i -= 1
+            en[i] = e
+        elif i == 0 and c and ce[c - 1][-1] == s:
+            c -= 1
+            st, en = cs[c], ce[c]
+            i = len(st) - 1
+            en[i] = e
+        else:
+            st.insert(i, s)
+            en.insert(i, e)
+        if i + 1 < len(st):
+            if st[i + 1] == en[i]:
+                en[i] = en[i + 1]
+                del st[i + 1], en[i + 1]
+        elif c + 1 < len(cs) and cs[c + 1][0] == en[i]:
+            en[i] = ce[c + 1][0]
+            del cs[c + 1][0], ce[c + 1][0]
+            self._fix(c + 1)
+        if en[i] - st[i] > self.cmax[c]:
+            self.cmax[c] = en[i] - st[i]
+        if st[0] < self.cfirst[c]:
+            self.cfirst[c] = st[0]
+        if len(st) > 2 * CHUNK:
+            self._set(*self._sorted_blocks())
 
     def is_whole(self) -> bool:
         return not self.tiny and self.blocks() == ([self.start], [self.end])
@@ -147,8 +195,9 @@ class Vmalloc:
         self.lazy_max_pages = lazy_max_pages
         self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END)
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
-        self.purge_list: list[tuple[VmapRange, int, int]] = []
-        self.lazy_nr = 0
+        self.lazy: dict[VmapRange, list[tuple[int, int]]] = {self.vmalloc_range: [], self.module_range: []}
+        self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
+        self.lazy_lo = self.lazy_hi = 0
 
     # -- allocation -------------------------------------------------------------
 
@@ -195,18 +244,14 @@ class Vmalloc:
     def vfree_plain(self, area: tuple[int, int, np.ndarray]) -> None:
         """:meth:`vfree` of a :meth:`vmalloc_plain` area."""
         addr, n, pfns = area
-        self.purge_list.append((self.vmalloc_range, addr, addr + n + 1))
-        self.lazy_nr += n + 1
+        self.free_vmap_area_noflush(self.vmalloc_range, addr, addr + n + 1)
         self.k.pages.free_pages(pfns)
-        if self.lazy_nr > self.lazy_max_pages:
-            self.purge_vmap_area_lazy()
 
     # -- free -------------------------------------------------------------------
 
     def vfree(self, area: vm_struct) -> None:
         """``vfree``: lazy VA free (+ ``vm_reset_perms`` if flagged), pages back to the allocator."""
-        self.purge_list.append((area.vrange, area.addr, area.addr + area.nr_pages + 1))
-        self.lazy_nr += area.nr_pages + 1
+        self.free_vmap_area_noflush(area.vrange, area.addr, area.addr + area.nr_pages + 1)
         if area.flags & VM_FLUSH_RESET_PERMS:
             self.vm_reset_perms(area)
         if area.pmd_huge is not None and area.flags & VM_ALLOW_HUGE_VMAP:
@@ -214,8 +259,20 @@ class Vmalloc:
                 self.k.pages.free_huge(pfn)
         else:
             self.k.pages.free_pages(area.pfns)
+
+    def free_vmap_area_noflush(self, vrange: VmapRange, start: int, end: int) -> None:
+        """Queue a VA (with its guard page) for the lazy purge; purge when above ``lazy_max_pages``."""
+        if self.lazy_nr:
+            if start < self.lazy_lo:
+                self.lazy_lo = start
+            if end > self.lazy_hi:
+                self.lazy_hi = end
+        else:
+            self.lazy_lo, self.lazy_hi = start, end
+        self.lazy[vrange].append((start, end))
+        self.lazy_nr += end - start
         if self.lazy_nr > self.lazy_max_pages:
-            self.purge_vmap_area_lazy()
+            self._purge()
 
     def vm_reset_perms(self, area: vm_struct) -> None:
         """``vm_reset_perms`` / 5.10 ``vm_remove_mappings`` with pages being freed."""
@@ -225,29 +282,26 @@ class Vmalloc:
         pfns = area.pfns
         dm.change(k, pfns, 0, P | RW)                     # set_direct_map_invalid_noflush
         lo, hi = int(pfns.min()), int(pfns.max()) + 1
-        self._purge(PAGE_OFFSET + lo, PAGE_OFFSET + hi)   # _vm_unmap_aliases(start, end, flush_dmap=1)
+        if not self._purge(PAGE_OFFSET + lo, PAGE_OFFSET + hi):   # _vm_unmap_aliases(start, end, flush_dmap=1)
+            flush_tlb_kernel_range(k, PAGE_OFFSET + lo, PAGE_OFFSET + hi)
         dm.change(k, pfns, P | RW, 0)                     # set_direct_map_default_noflush
 
     # -- purge ------------------------------------------------------------------
 
     def _purge(self, start: int | None = None, end: int | None = None) -> bool:
         """``__purge_vmap_area_lazy(start, end)``: one flush over all queued VAs, if any."""
-        pl = self.purge_list
-        if not pl:
+        if not self.lazy_nr:
             return False
-        lo = min(s for _, s, _ in pl)
-        hi = max(e for _, _, e in pl)
+        lo, hi = self.lazy_lo, self.lazy_hi
         if start is not None:
             lo, hi = min(lo, start), max(hi, end)
         k = self.k
         k.stat["emu_vmap_purges"] += 1
         flush_tlb_kernel_range(k, lo, hi)
-        by_range: dict[int, list] = {}
-        for vr, s, e in pl:
-            by_range.setdefault(id(vr), [vr, []])[1].append((s, e))
-        for vr, blocks in by_range.values():
-            vr.release(blocks)
-        self.purge_list = []
+        for vr, blocks in self.lazy.items():
+            if blocks:
+                vr.release(blocks)
+                self.lazy[vr] = []
         self.lazy_nr = 0
         return True
 
@@ -261,5 +315,5 @@ class Vmalloc:
 
     def is_whole(self) -> bool:
         """True when no VA is allocated or queued in either range."""
-        return not self.purge_list and self.vmalloc_range.is_whole() and self.module_range.is_whole()
+        return not self.lazy_nr and self.vmalloc_range.is_whole() and self.module_range.is_whole()
 

@@ -206,9 +206,24 @@ def check_model(trace: str | os.PathLike, policy: str, seeds: int = 3, *,
     predictions = []
     for seed in range(first_seed, first_seed + seeds):
         result = emulator.replay(trace, policies.make(policy, params), machine, seed)
-        predictions.append({None: result.counters, **result.per_op})
+        predictions.append(minus_warmup(trace, meta, {None: result.counters, **result.per_op},
+                                        lambda t, s=seed: emulator.replay(t, policies.make(policy, params),
+                                                                          machine, s)))
     frame = compare(observed, observable_kinds(meta, observed), predictions, machine.nr_cpus)
     return CheckResult(str(trace), policy, seeds, frame)
+
+
+def minus_warmup(trace, meta: dict[str, str], prediction: dict, replay) -> dict:
+    """Subtract what the model did for the trace's starting-state events (metadata
+    ``warmup_events``: programs alive when recording began), replayed alone with the same seed."""
+    n = int(meta.get("warmup_events") or 0)
+    if not n:
+        return prediction
+    from traces.io import read_trace
+    pre = replay(read_trace(trace).slice(0, n))
+    pre = {None: pre.counters, **pre.per_op}
+    return {op: {c: v - pre.get(op, {}).get(c, 0) for c, v in counters.items()}
+            for op, counters in prediction.items()}
 
 
 def report_section(results_dir: str | os.PathLike) -> tuple[str, pl.DataFrame] | None:
@@ -231,15 +246,16 @@ def report_section(results_dir: str | os.PathLike) -> tuple[str, pl.DataFrame] |
         ids = group["run_id"].to_list()
         counters = (store.scan(results_dir, "counters").filter(pl.col("run_id").is_in(ids))
                     .collect())
+        observed = load_observed(trace_path)
+        meta = read_metadata(trace_path)
         predictions = []
-        for rid in sorted(ids):
+        for rid, seed_no, policy_params, machine_json in runs_of(results_dir, ids):
             seed: dict[str | None, dict[str, int]] = {}
             for op, counter, value in counters.filter(pl.col("run_id") == rid).select(
                     "op", "counter", "value").iter_rows():
                 seed.setdefault(op, {})[counter] = value
-            predictions.append(seed)
-        observed = load_observed(trace_path)
-        meta = read_metadata(trace_path)
+            predictions.append(minus_warmup(trace_path, meta, seed, lambda t, s=seed_no, p=policy_params,
+                                            m=machine_json: _replay_stored(t, policy, p, m, s)))
         frame = compare(observed, observable_kinds(meta, observed), predictions,
                         int(group["nr_cpus"][0]))
         frames.append(frame.select(pl.lit(Path(trace_path).stem).alias("trace"),
@@ -248,3 +264,23 @@ def report_section(results_dir: str | os.PathLike) -> tuple[str, pl.DataFrame] |
     if not frames:
         return None
     return "Model check: observed (real kernel) vs predicted", pl.concat(frames)
+
+
+def runs_of(results_dir, ids: list[str]) -> list[tuple[str, int, str, str]]:
+    """(run_id, seed, params JSON, machine JSON) of the given runs, by run_id."""
+    from pipeline import store
+
+    rows = (store.scan(results_dir, "runs").filter(pl.col("run_id").is_in(ids))
+            .select("run_id", "seed", "params", "machine").sort("run_id").collect())
+    return list(rows.iter_rows())
+
+
+def _replay_stored(table, policy: str, params_json: str, machine_json: str, seed: int):
+    """Replay ``table`` exactly as a stored run was replayed (its params and machine)."""
+    import json
+
+    import emulator
+    from emulator import policies
+
+    return emulator.replay(table, policies.make(policy, json.loads(params_json)),
+                           emulator.Machine(**json.loads(machine_json)), seed)

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("permtrace: aborted", err=True)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place internal errors become exit 3
-        import click
-        if isinstance(e, click.exceptions.ClickException):
+        # click's (or typer's bundled click's) usage errors: show them, exit 2
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return EXIT_BAD_INPUT
         import traceback

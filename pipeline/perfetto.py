@@ -54,11 +54,11 @@ def trace_events(out: str | Path) -> dict:
             ts = (group["ts_ns"].cast(pl.Float64) / 1e3).to_list()
             values = group["value"].to_list()
             events += [{"ph": "C", "name": f"{thread}: {name}", "pid": p, "tid": tid, "ts": t,
-                        "args": {name: v}} for t, v in zip(ts, values)]
+                        "args": {name: v}} for t, v in zip(ts, values, strict=True)]
             if name in MARKED:
                 events += [{"ph": "i", "s": "t", "name": f"+{v - prev} {MARKED[name]}", "pid": p, "tid": tid,
                             "ts": t, "args": {"total": v}}
-                           for t, v, prev in zip(ts[1:], values[1:], values) if v > prev]
+                           for t, v, prev in zip(ts[1:], values[1:], values[:-1], strict=True) if v > prev]
     return {"traceEvents": events, "displayTimeUnit": "ns",
             "metadata": {"source": "permtrace", "results": str(Path(out).resolve())}}
 

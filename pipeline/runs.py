@@ -119,14 +119,8 @@ def expand(traces: Sequence[str | os.PathLike], policies: Sequence[str], params:
     if seeds < 1:
         raise PermtraceError(f"--seeds {seeds}: need at least 1")
     per_policy = parse_params(params, policies)
-    resolved = {}
-    for name in policies:
-        try:
-            resolved[name] = _canonical(registry.make(name, per_policy[name] or None).params())
-        except PermtraceError:
-            raise
-        except (KeyError, ValueError, TypeError) as e:
-            raise PermtraceError(f"--policy {name} {per_policy[name]}: {e} (see 'permtrace policies')") from None
+    # make() validates names and parameters (PermtraceError); params() adds the defaults.
+    resolved = {name: _canonical(registry.make(name, per_policy[name] or None).params()) for name in policies}
     specs: dict[str, RunSpec] = {}
     for trace in traces:
         path = str(Path(trace).resolve())

@@ -26,6 +26,8 @@ BAR_METRICS: tuple[tuple[str, str], ...] = (
     ("splits", "direct-map splits (L2 + L3)"),
     ("waste_mean_mib", "waste, time-weighted mean (MiB)"),
     ("shootdown_cost_ms", "est. CPU time lost (ms)"),
+    ("text_tlb_entries_4k", "exec text TLB entries, 4K"),
+    ("text_tlb_entries_2m", "exec text TLB entries, 2M"),
 )
 #: Cumulative timeline counters: (counter, title).
 CUMULATIVE: tuple[tuple[str, str], ...] = (
@@ -157,7 +159,7 @@ def charts(data: ReportData) -> dict[str, tuple[str, alt.TopLevelMixin]]:
                                      tooltip=["policy:N", "mean:Q", "lo:Q", "hi:Q"])
         err = base.mark_errorbar(ticks=True, color="black").encode(y="lo:Q", y2="hi:Q")
         out["bars"] = ("Per policy: mean across seeds, 95% interval",
-                       alt.layer(bar, err, data=_data(data.bars)).properties(width=150, height=180)
+                       alt.layer(bar, err, data=_data(data.bars)).properties(width=120, height=180)
                        .facet(column=alt.Column("title:N", title=None, sort=[t for _, t in BAR_METRICS]))
                        .resolve_scale(y="independent"))
     if data.cumulative.height:

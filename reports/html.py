@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from pathlib import Path
 
 import polars as pl
 
@@ -47,7 +46,7 @@ def fmt(value, pct: bool = False) -> str:
 
 def _cells(df: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     cols = df.columns
-    rows = [[fmt(v, pct=c.endswith("%")) if not isinstance(v, str) else v for c, v in zip(cols, row)]
+    rows = [[fmt(v, pct=c.endswith("%")) if not isinstance(v, str) else v for c, v in zip(cols, row, strict=True)]
             for row in df.iter_rows()]
     return cols, rows
 
@@ -65,7 +64,7 @@ def text_table(df: pl.DataFrame) -> str:
     cols, rows = _cells(df)
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(  # noqa: E731
-        (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(cells, widths)))
+        (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)]) + "\n"
 
 

@@ -68,11 +68,15 @@ class ProgInfo:
     jited_prog_len: int
     load_time: int
     name: str
+    jited_ksym: int = 0          # address of the JIT image (first function)
 
 
 def prog_info(fd: int) -> ProgInfo:
     """``BPF_OBJ_GET_INFO_BY_FD`` on a program fd."""
     info = ctypes.create_string_buffer(INFO_LEN)
+    ksym = (ctypes.c_uint64 * 1)()
+    # nr_jited_ksyms = 1, nr_jited_func_lens = 0, jited_ksyms = &ksym (struct bpf_prog_info)
+    struct.pack_into("<IIQ", info, 104, 1, 0, ctypes.addressof(ksym))
     attr = ctypes.create_string_buffer(16)
     struct.pack_into("<IIQ", attr, 0, fd, INFO_LEN, ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
@@ -80,7 +84,7 @@ def prog_info(fd: int) -> ProgInfo:
     jited, = struct.unpack_from("<I", info, 16)
     load_time, = struct.unpack_from("<Q", info, 40)
     name = info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-    return ProgInfo(prog_id, jited, load_time, name)
+    return ProgInfo(prog_id, jited, load_time, name, ksym[0])
 
 
 def prog_ids() -> list[int]:
@@ -147,6 +151,22 @@ def classic_jit_estimate(k: int) -> int:
     pack counts (groundtruth REPORT.md).
     """
     return 5 * (k - 1) + 64
+
+
+def probe_pack_used() -> int:
+    """Bytes in use in the ``bpf_prog_pack`` a new small program lands in (an estimate).
+
+    Loads a 2-instruction program, reads where its image landed and frees
+    it; see :func:`traces.importers.bpftool.pack_used_estimate`.
+    """
+    from traces.importers.bpftool import pack_used_estimate
+
+    fd = load_ebpf(2, name=b"permtrace_probe")
+    try:
+        info = prog_info(fd)
+    finally:
+        os.close(fd)
+    return pack_used_estimate(info.jited_ksym, info.jited_prog_len)
 
 
 def check_bpf_available() -> None:

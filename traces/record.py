@@ -37,6 +37,7 @@ EVENTS = (
     "module/module_load", "module/module_free",
 )
 REQUIRED = ("vmalloc/alloc_vmap_area", "vmalloc/free_vmap_area_noflush", "vmalloc/purge_vmap_area_lazy")
+PROBE_SETTLE_S = 0.3
 SPLIT_COUNTERS = ("direct_map_level2_splits", "direct_map_level3_splits",
                   "direct_map_level2_collapses", "direct_map_level3_collapses")
 #: Host tracing state files compared before/after by the tests.
@@ -139,7 +140,7 @@ class Recorder:
         self._marker: int | None = None
         self.events: list[str] = []
         self.known_ids: set[int] = set()
-        self.warmup: list[BpfProg] = []
+        self.pack_used = 0
         self.progs: dict[int, BpfProg] = {}
         self.start_vmstat: dict[str, int] = {}
         self.start_meta: dict[str, str] = {}
@@ -195,9 +196,12 @@ class Recorder:
             if (self.inst / "events" / e).is_dir():
                 self._w(f"events/{e}/enable", "1")
                 self.events.append(e)
-        self.known_ids = set(bpfload.prog_ids())      # programs alive now: the starting state
-        self.warmup = [BpfProg(i.id, i.name, i.jited_prog_len, load_time_ns=i.load_time)
-                       for i in map(bpfload.info_by_id, sorted(self.known_ids)) if i is not None]
+        # Starting state of the JIT packs: how full the pack a new program would land in is
+        # (programs of all kinds, with or without IDs, trampolines).  The probe program's own
+        # deferred free (RCU + kworker) is waited out before tracing starts.
+        self.pack_used = bpfload.probe_pack_used()
+        time.sleep(PROBE_SETTLE_S)
+        self.known_ids = set(bpfload.prog_ids())      # loaded before: their frees are not traced
         self.start_meta = machine_metadata()
         self.start_vmstat = vmstat()
         self._marker = os.open(self.inst / "trace_marker", os.O_WRONLY)
@@ -265,12 +269,13 @@ class Recorder:
         meta = dict(self.start_meta)
         meta["source"] = source or f"recorded:{meta['kernel_release']}"
         meta["recorded_events"] = ",".join(self.events)
+        meta["bpf_pack_used_bytes"] = str(self.pack_used)
         for k, v in self.start_vmstat.items():
             meta[f"{k}_start"], meta[f"{k}_end"] = str(v), str(end.get(k, v))
         progs = bpf_progs if bpf_progs is not None else sorted(self.progs.values(), key=lambda p: p.id)
         with open(self.inst / "trace", encoding="utf-8", errors="replace") as lines:
             return import_ftrace(lines, out, bpf_progs=progs, metadata=meta, own_pid=own_pid,
-                                 warmup=self.warmup, allow_empty=True)
+                                 allow_empty=True)
 
 
 def record(out: str | os.PathLike, duration: float | None = None, *,

@@ -190,11 +190,7 @@ class PermAlloc(Policy):
         self._cache_push(area.pfns)
 
     def _unmap(self, area: vm_struct) -> None:
-        vm = self.k.vm
-        vm.purge_list.append((area.vrange, area.addr, area.addr + area.nr_pages + 1))
-        vm.lazy_nr += area.nr_pages + 1
-        if vm.lazy_nr > vm.lazy_max_pages:
-            vm.purge_vmap_area_lazy()
+        self.k.vm.free_vmap_area_noflush(area.vrange, area.addr, area.addr + area.nr_pages + 1)
 
     def release_mappings(self) -> None:
         """Optimization 3: unmap every cached live mapping with one flush over their span."""

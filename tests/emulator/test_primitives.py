@@ -108,7 +108,7 @@ def test_flush_reset_perms_free_is_one_flush_and_pages_stay_4k():
     assert c(k, "direct_map_level2_splits") == 1
     assert c(k, "emu_flush_tlb_all") == 2 and c(k, "emu_shootdowns") == 2 and c(k, "emu_vmap_purges") == 1
     assert k.dm.level[10] == LEVEL_4K and k.dm.ptes[10][3] == PAGE_KERNEL
-    assert k.vm.purge_list == []
+    assert k.vm.lazy_nr == 0
 
 
 # -- CPA on a vmalloc address -----------------------------------------------------------

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from emulator import policies
 from traces.importers.ftrace import import_ftrace
 from traces.validate import validate_trace
 
@@ -89,25 +88,46 @@ def test_guest_6_1_reproduces_report(imported):
     assert (s.metadata["kernel_release"], s.metadata["nr_cpus"]) == ("6.1.0-56-amd64", "2")
 
 
-def _check(path, policy):
+def _xfail(reason: str):
+    return pytest.mark.xfail(raises=AssertionError, strict=True, reason="emulator vs kernel: " + reason)
+
+
+#: (imported trace, policy): every shared trace with the policy of its kernel.  A mark names
+#: the discrepancy check-model shows (totals; observed vs predicted over seeds 0-2).
+CHECKS = [
+    pytest.param("host_n100", "linux-6.18", id="host-6.18-ebpf-n100"),
+    pytest.param("host_n1_k300000", "linux-6.18", id="host-6.18-ebpf-2.1MB"),
+    pytest.param("serial_6.1_4level_smp2", "linux-6.1", id="guest-6.1-modules", marks=_xfail(
+        "module loads: vmap_purges 144 observed vs 106, flush_tlb_kernel_range 38 vs 11, "
+        "flush_tlb_all 281 vs 270 given splits, L2 splits 10 vs 12..12")),
+    pytest.param("serial_6.1_4level_smp2_cpa", "linux-6.1", id="guest-6.1-modules-cpa", marks=_xfail(
+        "module loads: vmap_purges 144 vs 108, flush_tlb_kernel_range 36 vs 12, flush_tlb_all 283 vs 271, "
+        "L2 splits 10 vs 12..12")),
+    pytest.param("serial_6.1_bpf", "linux-6.1", id="guest-6.1-bpf", marks=_xfail(
+        "flushes and purges exact; L2 splits 35 observed vs 51..53 (fresh guest: JIT pages are "
+        "physically consecutive)")),
+    pytest.param("serial_6.12_bpf", "linux-6.12", id="guest-6.12-bpf", marks=_xfail(
+        "sync_core IPIs 21 vs 30 (10 text_poke batches), flush_tlb_all 99 vs 100, vmap_purges 41 vs 40, "
+        "L2 splits 39 vs 51..53")),
+    pytest.param("serial_5.10_modules_smp2", "linux-5.10", id="guest-5.10-modules", marks=_xfail(
+        "module loads: vmap_purges 166 vs 123, flush_tlb_kernel_range 53 vs 34")),
+    pytest.param("serial_6.12_modules_smp2", "linux-6.12", id="guest-6.12-modules", marks=_xfail(
+        "flush_tlb_all 426 vs 176, flush_tlb_kernel_range 47 vs 7, vmap_purges 311 vs 125, "
+        "sync_core 8004 vs 8013, L2 splits 12 vs 16")),
+    pytest.param("serial_510_fresh_8G", "linux-5.10", id="guest-5.10-bpf-fresh", marks=_xfail(
+        "flush_tlb_kernel_range 2046 vs 2047 (2048 tiny programs)")),
+    pytest.param("serial_510_aged_all", "linux-5.10", id="guest-5.10-bpf-aged", marks=_xfail(
+        "flush_tlb_kernel_range 2046 vs 2047 (2048 tiny programs)")),
+    pytest.param("serial_72_bpf", "linux-7.2", id="guest-7.2-bpf", marks=_xfail(
+        "sync_core 21 vs 33, flush_tlb_all 77 vs 79, L2 splits 15 vs 57..58")),
+    pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
+        "flush_tlb_all 987 vs 490, flush_tlb_kernel_range 45 vs 21, vmap_purges 264 vs 110")),
+]
+
+
+@pytest.mark.parametrize("name, policy", CHECKS)
+def test_check_model_on_shared_ground_truth(imported, name, policy):
     from pipeline.check_model import check_model
-    result = check_model(path, policy, seeds=3)
+
+    result = check_model(imported[name][0], policy, seeds=3)
     assert result.ok, "\n" + result.table()
-
-
-@pytest.mark.xfail(raises=Exception, strict=True,
-                   reason="no linux-6.18 policy in emulator.policies yet (host BPF needs the 6.18 bpf_prog_pack "
-                          "+ execmem model); remove this mark when it lands")
-def test_check_model_host_bpf_linux_6_18(imported):
-    if "linux-6.18" not in policies.available():
-        raise LookupError("linux-6.18 policy missing")
-    _check(imported["host_n100"][0], "linux-6.18")
-
-
-@pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="emulator linux-6.1 vs 46-module 6.1 guest: vmap_purges 106 predicted vs 144 observed, "
-                          "flush_tlb_kernel_range 11 vs 38, flush_tlb_all 270 vs 281 given splits, L2 splits "
-                          "12..12 vs 10 (module loads purge lazily freed areas more often in the kernel)")
-@pytest.mark.parametrize("name", ["serial_6.1_4level_smp2", "serial_6.1_4level_smp2_cpa"])
-def test_check_model_guest_modules_linux_6_1(imported, name):
-    _check(imported[name][0], "linux-6.1")

@@ -91,4 +91,25 @@ def case_metadata(path: str | os.PathLike) -> dict[str, str]:
     for k, v in before.items():
         if k.startswith("direct_map_level") and isinstance(v, int):
             out[f"{k}_start"], out[f"{k}_end"] = str(v), str(v + int(delta.get(k, 0)))
+    progs = data.get("progs") or []
+    if progs and isinstance(progs[0], dict) and isinstance(progs[0].get("jit_addr"), str):
+        out["bpf_pack_used_bytes"] = str(pack_used_estimate(int(progs[0]["jit_addr"], 16),
+                                                            progs[0].get("jited_len", 0)))
     return out
+
+
+#: ``BPF_PROG_PACK_SIZE`` on x86-64 (2 MiB: kernel/bpf/core.c).
+BPF_PROG_PACK_SIZE = 2 << 20
+
+
+def pack_used_estimate(jit_addr: int, jited_len: int) -> int:
+    """Bytes of the current ``bpf_prog_pack`` in use before a program that landed at ``jit_addr``.
+
+    An estimate: it assumes the pack is 2 MiB-aligned, which holds for the
+    first pack in an empty module range (``MODULES_VADDR`` is), and that the
+    pack was filled in order (``bpf_prog_pack_alloc`` takes the first free
+    run of 64-byte chunks).  0 for an image too big for a pack (its own area).
+    """
+    if not 0 < jited_len <= BPF_PROG_PACK_SIZE:
+        return 0
+    return jit_addr & (BPF_PROG_PACK_SIZE - 1) & ~63

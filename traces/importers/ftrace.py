@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from traces.errors import TraceError
-from traces.importers.bpftool import BpfProg, case_metadata, load_bpf_progs
+from traces.importers.bpftool import BpfProg, case_metadata, load_bpf_progs, pack_used_estimate
 from traces.importers.kernel import KernelEventConverter, SPLIT_KINDS
 from traces.io import atomic_path, write_trace
 
@@ -146,6 +146,8 @@ class FtraceParser:
             self.s.unused["blank"] += 1
             return
         if stripped.startswith("#"):
+            if (m := re.search(r"#P:(\d+)", stripped)):        # "# entries-in-buffer/... #P:2"
+                self.meta.setdefault("nr_cpus", m.group(1))
             self.s.unused["comment"] += 1
             return
         if stripped.startswith("=>"):
@@ -186,6 +188,10 @@ class FtraceParser:
                 self.conv.vmstat_start(parts[2], int(parts[3]))
             elif (m := _GT_BPF_CASE.match(s)) and m.group(3):
                 self.conv.case_sizes[(int(m.group(1)), int(m.group(2)))] = int(m.group(3))
+                if (a := re.search(r"jit_addr0=0x([0-9a-f]+)", s)) and "bpf_pack_used_bytes" not in self.meta:
+                    # where the run's first program landed: the packs' starting state
+                    self.meta["bpf_pack_used_bytes"] = str(pack_used_estimate(int(a.group(1), 16),
+                                                                              int(m.group(3))))
             elif s.startswith("GT enabled:"):
                 # Guests >= 6.2 trace both; the tracepoints win (exact num_purged, per-CPU CSDs).
                 for tracepoint, kprobes in _DUPLICATES.items():
@@ -221,7 +227,8 @@ class FtraceParser:
                 return False
             c.alloc(ts, cpu, pid, task, va, size, vstart)
         elif ev == "free_vmap_area_noflush":
-            c.free(ts, cpu, pid, task, _fields(body, "va_start")[0])
+            va, nr_lazy = _fields(body, "va_start", "nr_lazy")
+            c.free(ts, cpu, pid, task, va, nr_lazy)
         elif ev == "purge_vmap_area_lazy":
             c.purge(ts, pid, task, _fields(body, "num_purged")[0] > 0)
         elif ev == "csd_queue_cpu":
@@ -304,6 +311,9 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<lines>"
     for lineno, line in enumerate(_lines(source), 1):
         parser.line(lineno, line.rstrip("\n"))
+    used = int(meta_in.get("bpf_pack_used_bytes") or parser.meta.get("bpf_pack_used_bytes") or 0)
+    if used:
+        conv.add_warmup(BpfProg(None, "pack occupancy at start", used))
     if not summary.used and not allow_empty:
         raise TraceError("no trace events found", file=name,
                          hint="pass the text of a tracefs 'trace' file, 'trace-cmd report' output "

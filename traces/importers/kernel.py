@@ -115,7 +115,10 @@ class KernelEventConverter:
         # Programs alive when tracing started: loaded first, as the starting state (their
         # code fills packs the workload's programs then share).  Not observed.
         self._warmup = sorted(warmup or [], key=lambda p: (p.load_time_ns or 0, p.id or 0))
-        self.n_warmup = len(self._warmup)
+        self.n_warmup = 0
+        self.lazy_start: int | None = None         # lazily freed pages queued at start (-1: unknown)
+        self._purged_before_first_free = False
+        self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -162,8 +165,6 @@ class KernelEventConverter:
     def _emit(self, ts: int, cpu: int, op: str, id_: int, size: int = 0, owner: str | None = None,
               sections: tuple[int, ...] = (0,) * _N_SECT, patch_sites: int = 0,
               pid: int | None = None) -> int:
-        if self._warmup:
-            self._emit_warmup(ts)
         self.events.append([max(ts, self.last_ts), cpu, op, id_, size, owner, *sections, patch_sites])
         self.last_ts = max(ts, self.last_ts)
         row = len(self.events) - 1
@@ -173,11 +174,6 @@ class KernelEventConverter:
         elif op not in ("vmalloc", "text_patch"):
             self._sticky[pid] = row
         return row
-
-    def _emit_warmup(self, ts: int) -> None:
-        warm, self._warmup = self._warmup, []
-        for p in warm:
-            self._emit(ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name)
 
     def charge(self, pid: int | None, comm: str) -> int | None:
         """The event row the kernel's work done now by ``pid`` is charged to.
@@ -308,6 +304,7 @@ class KernelEventConverter:
     def alloc(self, ts: int, cpu: int, pid: int, comm: str, va: int, size: int, vstart: int) -> None:
         """``alloc_vmap_area`` returned ``va``; ``size`` includes the guard page."""
         self.advance(ts)
+        self._area_pages[va] = size // PAGE_SIZE
         if vstart < EXEC_RANGE_START:
             if not self.counts(pid, comm):
                 self.unused["vmalloc by another task"] += 1
@@ -344,9 +341,20 @@ class KernelEventConverter:
         self.alloc(ts, cpu, pid, comm, va, entry[0], entry[1])
         return True
 
-    def free(self, ts: int, cpu: int, pid: int, comm: str, va: int) -> None:
-        """``free_vmap_area_noflush``: the area is queued for lazy purge."""
+    def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None) -> None:
+        """``free_vmap_area_noflush``: the area is queued for lazy purge.
+
+        ``nr_lazy`` (6.18 tracepoint: ``vmap_lazy_nr`` after adding this area) at the first free
+        tells how many lazily freed pages were already queued when tracing began.
+        """
         self.advance(ts)
+        pages = self._area_pages.pop(va, None)
+        if nr_lazy is not None and self.lazy_start is None:
+            if pages is None or self._purged_before_first_free:
+                self.lazy_start = -1
+                self.unused["lazily freed pages at start unknown"] += 1
+            else:
+                self.lazy_start = max(nr_lazy - pages, 0)
         if (vm_id := self._vm.pop(va, None)) is not None:
             self._emit(ts, cpu, "vfree", vm_id, pid=pid)
             return
@@ -372,6 +380,8 @@ class KernelEventConverter:
         """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
         self.advance(ts)
         self.observable.add("vmap_purge")
+        if self.lazy_start is None:
+            self._purged_before_first_free = True
         if not self.counts(pid, comm):
             self.unused["purge by another task"] += 1
         elif flushed:
@@ -469,13 +479,14 @@ class KernelEventConverter:
         """Close open windows and return (trace table, observations table)."""
         self.advance(1 << 63)
         self._flush_bpf(self.last_ts)
-        self._emit_warmup(self.last_ts)
         for pid in list(self._pending_purge):
             self._end_purge(pid, "")
         keep = [i for i, e in enumerate(self.events) if e[2] is not None]
         new_row = {old: new for new, old in enumerate(keep)}
         remap = {old: new_row[self._merged.get(old, old)] for old in range(len(self.events))}
-        rows = [self.events[i] for i in keep]
+        pre = self._warmup_rows()
+        remap = {old: new + len(pre) for old, new in remap.items()}
+        rows = pre + [self.events[i] for i in keep]
         cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 1)
         names = ["ts_ns", "cpu", "op", "id", "size", "owner", *SECTION_COLUMNS, "patch_sites"]
         arrays = {"seq": pa.array(range(len(rows)), pa.uint64())}
@@ -492,6 +503,24 @@ class KernelEventConverter:
             "event_row": pa.array(obs_rows, pa.int64()),
         }, schema=OBSERVED_SCHEMA)
         return trace, observed
+
+    def add_warmup(self, prog: BpfProg) -> None:
+        """One more program alive at the start (before ``finish``)."""
+        self._warmup.append(prog)
+
+    def _warmup_rows(self) -> list[list]:
+        """Starting-state events, placed before the workload: programs alive at the start, then
+        one area freed lazily standing for the pages already queued (6.18 tracepoints only)."""
+        ts = self.events[0][0] if self.events else 0
+        zero = [0] * _N_SECT
+        rows = [[ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name, *zero, 0]
+                for p in self._warmup]
+        if self.lazy_start and self.lazy_start > 1:
+            size = (self.lazy_start - 1) * PAGE_SIZE            # the emulator adds the guard page
+            rows += [[ts, 0, "vmalloc", WARMUP_ID_BASE - 1, size, None, *zero, 0],
+                     [ts, 0, "vfree", WARMUP_ID_BASE - 1, 0, None, *zero, 0]]
+        self.n_warmup = len(rows)
+        return rows
 
     def totals(self, observed: pa.Table) -> dict[str, int]:
         """Observation totals by kind (for the trace metadata)."""

@@ -1,0 +1,137 @@
+"""The machine, the page allocator's placement and the VA allocator, as specs."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emulator import Machine, policies, replay
+from emulator.page_alloc import PageAllocator, large_blocks_from_buddyinfo
+from emulator.result import LEVEL_1G, LEVEL_2M, LEVEL_4K
+from emulator.vmalloc import VmapRange
+from traces.errors import PermtraceError
+
+BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      2
+Node 0, zone    DMA32    450    300    120     40     10      4      2      1      3      2      1
+Node 0, zone   Normal  962000   1200    300     20      4      0      0      0      1      0      3
+"""
+
+
+def test_defaults_are_64_cpus_64_gib_fresh_with_1g_pages_where_possible():
+    m = Machine()
+    assert (m.nr_cpus, m.mem_bytes, m.fragmentation) == (64, 64 << 30, "fresh")
+    k = m.boot(0)
+    kb = k.dm.meminfo_kb()
+    assert kb == {"DirectMap4k": 2048, "DirectMap2M": 511 * 2048, "DirectMap1G": 63 << 20}
+    assert k.dm.level[0] == LEVEL_4K and k.dm.level[1] == LEVEL_2M and k.dm.level[512] == LEVEL_1G
+
+
+def test_from_metadata_reads_the_trace_and_overrides_win():
+    meta = {"nr_cpus": "2", "mem_total_bytes": str(8 << 30), "DirectMap4k": "24448 kB",
+            "DirectMap2M": "4169728 kB", "DirectMap1G": "4194304 kB", "buddyinfo": BUDDYINFO, "source": "x"}
+    m = Machine.from_metadata(meta, nr_cpus=8)
+    assert (m.nr_cpus, m.mem_bytes, m.direct_map) == (8, 8 << 30, (24448, 4169728, 4194304))
+    assert m.fragmentation == BUDDYINFO
+    kb = m.boot(0).dm.meminfo_kb()
+    assert kb["DirectMap1G"] == 4194304 and kb["DirectMap4k"] == 24576   # rounded up to whole 2 MiB regions
+    with pytest.raises(PermtraceError, match="unknown machine field"):
+        Machine.from_metadata({}, cpus=3)
+    with pytest.raises(PermtraceError, match="DirectMap"):
+        Machine.from_metadata({"DirectMap4k": "lots"})
+
+
+def test_machine_is_hashable_for_run_ids():
+    assert hash(Machine(direct_map=[1, 2, 3])) == hash(Machine(direct_map=(1, 2, 3)))
+
+
+def test_buddyinfo_counts_free_pageblocks_in_order_9_and_up():
+    # order 9 counts once, order 10 twice: DMA 1 + 2*2, DMA32 2 + 1*2, Normal 0 + 3*2
+    assert large_blocks_from_buddyinfo(BUDDYINFO) == 5 + 4 + 6
+
+
+def test_fresh_unmovable_pages_fill_consecutive_regions_about_210_a_region():
+    pa = PageAllocator(16 << 30, "fresh", np.random.default_rng(0))
+    pfns = pa.alloc_pages(2048)
+    regions, counts = np.unique(pfns >> 9, return_counts=True)
+    assert np.all(np.diff(pfns) >= 1)                       # in address order
+    assert 150 <= counts[:-1].mean() <= 270 and len(regions) <= 14
+    # a freed page is the next one handed out (LIFO free lists)
+    pa.free_pages(pfns[100:101])
+    assert pa.alloc_pages(1)[0] == pfns[100]
+
+
+def test_aged_memory_scatters_pages_over_more_regions():
+    # measured on 5.10 with no free block >= order 9 left: 13 -> 17-20 splits, 1-215 pages a region
+    fresh = PageAllocator(16 << 30, "fresh", np.random.default_rng(0)).alloc_pages(4096)
+    aged = PageAllocator(16 << 30, "aged", np.random.default_rng(0)).alloc_pages(4096)
+    rf, ra = np.unique(fresh >> 9), np.unique(aged >> 9)
+    assert 1.3 * len(rf) < len(ra) < 3 * len(rf)
+    assert np.all(np.diff(rf) == 1) and not np.all(np.diff(ra) == 1)  # consecutive vs scattered
+
+
+def test_out_of_memory_is_a_replay_error(trace):
+    t = trace([("vmalloc", i, 64 << 20) for i in range(40)])
+    with pytest.raises(PermtraceError, match="row .*vmalloc"):
+        replay(t, policies.make("legacy"), Machine(nr_cpus=2, mem_bytes=1 << 30))
+
+
+def test_a_4tib_machine_costs_no_more_than_a_64gib_one(trace):
+    t = trace([("bpf_prog_load", i, 300) for i in range(200)])
+
+    def peak(mem):
+        tracemalloc.start()
+        replay(t, policies.make("legacy"), Machine(mem_bytes=mem), seed=0)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+    small, big = peak(64 << 30), peak(4 << 40)
+    assert big < small + (8 << 20)             # two bytes per 2 MiB region, nothing per page
+
+
+# -- first fit over free VA blocks, against a naive reference ------------------------------------
+
+class NaiveRange:
+    def __init__(self, start, end):
+        self.free = [(start, end)]
+
+    def alloc(self, n, align=1):
+        for i, (s0, e) in enumerate(self.free):
+            s = (s0 + align - 1) // align * align
+            if e - s >= n:
+                self.free[i:i + 1] = [b for b in ((s0, s), (s + n, e)) if b[1] > b[0]]
+                return s
+        return None
+
+    def release(self, blocks):
+        merged = []
+        for s, e in sorted(self.free + blocks):
+            if merged and merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], e)
+            else:
+                merged.append((s, e))
+        self.free = merged
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(2, 40), st.sampled_from([1, 1, 1, 8]), st.booleans(),
+                          st.integers(0, 30)), min_size=1, max_size=300))
+def test_vmap_first_fit_matches_a_naive_lowest_address_first_fit(script):
+    fast, slow = VmapRange("t", 1000, 1000 + 4000), NaiveRange(1000, 5000)
+    live, pending = [], []
+    for n, align, free, batch in script:
+        a, b = fast.alloc(n, align), slow.alloc(n, align)
+        assert a == b
+        if a is not None:
+            live.append((a, a + n))
+        if free and live:
+            pending.append(live.pop(len(live) // 2))
+        if len(pending) > batch:
+            fast.release(list(pending))
+            slow.release(list(pending))
+            pending = []
+    fast.release(live + pending)
+    assert fast.is_whole()
