@@ -1,7 +1,7 @@
 """The buddy page allocator, reduced to what decides direct-map splits: where pages land.
 
 Physical memory is 2 MiB pageblocks (order 9 = one direct-map PMD region).
-Pages are handed out as numpy arrays of pfns, never per-page objects, and
+Pages are handed out as lists of pfns (ints), never per-page objects, and
 no array is sized by total pages (one byte per pageblock only).
 
 What is modelled (mm/page_alloc.c), and how it is simplified:
@@ -84,8 +84,7 @@ class PageAllocator:
             self.large_claims_left = large_blocks_from_buddyinfo(fragmentation)
         # fresh free memory is found in address order from a seeded point
         self.cursor = int(rng.integers(BOOT_RESERVED_BLOCKS, self.nr_regions))
-        self.stack = np.empty(1 << 16, np.int64)   # LIFO free lists (pcp + order-0), pfns
-        self.top = 0
+        self.stack: list[int] = []   # LIFO free lists (pcp + order-0), pfns
         self.cur_pfn = self.cur_end = 0
         self.pages_in_use = 0
 
@@ -125,36 +124,30 @@ class PageAllocator:
         self.cur_pfn = (b << PAGEBLOCK_ORDER) + off
         self.cur_end = self.cur_pfn + share
 
-    def alloc_pages(self, n: int) -> np.ndarray:
-        """``n`` order-0 unmovable pages as an int64 array of pfns (``vm_area_alloc_pages``)."""
+    def alloc_pages(self, n: int) -> list[int]:
+        """``n`` order-0 unmovable pages as a list of pfns (``vm_area_alloc_pages``)."""
         self.pages_in_use += n
-        top = self.top
-        if top >= n:  # all from the LIFO free lists
-            self.top = top - n
-            return self.stack[top - n:top].copy()
-        parts = [self.stack[:top].copy()] if top else []
-        self.top = 0
-        n -= top
+        stack = self.stack
+        if len(stack) >= n:  # all from the LIFO free lists
+            pfns = stack[len(stack) - n:]
+            del stack[len(stack) - n:]
+            return pfns
+        pfns = stack[:]
+        stack.clear()
+        n -= len(pfns)
         while n:
             if self.cur_pfn == self.cur_end:
                 self._claim()
             m = min(n, self.cur_end - self.cur_pfn)
-            parts.append(np.arange(self.cur_pfn, self.cur_pfn + m, dtype=np.int64))
+            pfns += range(self.cur_pfn, self.cur_pfn + m)
             self.cur_pfn += m
             n -= m
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return pfns
 
-    def free_pages(self, pfns: np.ndarray) -> None:
-        """``__free_pages(page, 0)`` for every page: pushed on the LIFO free lists."""
-        n = len(pfns)
-        top = self.top
-        if top + n > len(self.stack):
-            grown = np.empty(max(2 * len(self.stack), top + n), np.int64)
-            grown[:top] = self.stack[:top]
-            self.stack = grown
-        self.stack[top:top + n] = pfns
-        self.top = top + n
-        self.pages_in_use -= n
+    def free_pages(self, pfns) -> None:
+        """``__free_pages(page, 0)`` for every page (a list or an array): pushed on the LIFO free lists."""
+        self.stack += pfns.tolist() if isinstance(pfns, np.ndarray) else pfns
+        self.pages_in_use -= len(pfns)
 
     def alloc_huge(self) -> int:
         """An order-9 block (2 MiB, physically contiguous, aligned); returns its first pfn."""

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from emulator.errors import KernelFault, ReplayError
-from emulator.machine import EVENT_COUNTERS, Machine
+from emulator.machine import Machine
 from emulator.policies.base import Policy
 from emulator.result import WASTE_CAUSES, ReplayResult
 from traces.io import iter_event_batches, num_events

@@ -35,7 +35,12 @@ class ReplayResult:
         ``emu_cpa_flush``, ``emu_local_flush``, ``emu_sync_core_ipis``,
         ``emu_vmap_purges``, ``emu_waste_bytes`` (+ ``_<cause>``,
         ``emu_waste_peak_bytes[_<cause>]``, ``emu_waste_mean_bytes[_<cause>]``
-        time-weighted), ``emu_text_tlb_entries_4k``/``_2m``...
+        time-weighted), ``emu_text_tlb_entries_4k``/``_2m``; also the
+        call counts ``emu_set_memory_{ro,rw,x,nx,rox}``,
+        ``emu_vm_unmap_aliases``, ``emu_module_alloc``, ``emu_pack_new``/``_free``,
+        ``emu_vmalloc_pmd_splits``/``_collapses`` (exec-range PMDs, not in
+        vmstat), ``emu_text_poke_bp_batches``, ``emu_wx_pages`` (pages ever
+        made writable+executable: 0 for every built-in policy) and ``events``.
     per_op
         op name -> {counter -> total caused by events of that op}, with
         ``events`` = number of such events.  Deferred work (a lazy purge, a

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
+from itertools import compress, count
 from operator import sub
 
 import numpy as np
@@ -36,7 +37,7 @@ VM_FLUSH_RESET_PERMS = 0x100
 VM_ALLOW_HUGE_VMAP = 0x400
 PMD_PAGES = 512
 #: Free VA blocks per chunk of :class:`VmapRange`.
-CHUNK = 32
+CHUNK = 16
 
 
 class VmFault(KernelFault):
@@ -66,24 +67,30 @@ class VmapRange:
         self.ce = [ends[i:i + CHUNK] for i in range(0, len(ends), CHUNK)]
         self.cmax = [max(map(sub, e, s)) for s, e in zip(self.cs, self.ce)]
         self.cfirst = [ch[0] for ch in self.cs]   # a lower bound of each chunk's first start
+        self.hint: dict[int, int] = {}             # n -> a chunk index before which every cmax < n
 
     def _fix(self, c: int) -> None:
         st, en = self.cs[c], self.ce[c]
         if not st:
             del self.cs[c], self.ce[c], self.cmax[c], self.cfirst[c]
+            self.hint.clear()
         elif len(st) > 2 * CHUNK:
-            self._set(*self._sorted_blocks())
+            self._split_chunk(c)
         else:
             self.cmax[c] = max(map(sub, en, st))
 
     def alloc(self, n: int, align: int = 1) -> int | None:
         """``__alloc_vmap_area``: lowest-address free block that fits ``n`` pages at ``align``."""
         cmax = self.cmax
-        for c in range(len(cmax)):
+        for c in range(self.hint.get(n, 0) if align == 1 else 0, len(cmax)):
             if cmax[c] < n:
                 continue
+            if align == 1:
+                self.hint[n] = c    # carving only shrinks blocks: stays true until a free merges
             st, en = self.cs[c], self.ce[c]
-            for i in range(len(st)):
+            # first block with size >= n, found by C-level iterators (align 1, the common case)
+            first = next(compress(count(), map(n.__le__, map(sub, en, st)))) if align == 1 else 0
+            for i in range(first, len(st)):
                 s0 = st[i]
                 e = en[i]
                 if e - s0 < n:
@@ -122,7 +129,7 @@ class VmapRange:
 
     def release(self, blocks: list[tuple[int, int]]) -> None:
         """Merge freed ``[start, end)`` blocks back into the free space (``merge_or_add_vmap_area``)."""
-        if len(blocks) > 16 or not self.cs:
+        if not self.cs or len(blocks) > 16 + len(self.cs) * CHUNK // 8:   # a rebuild is cheaper
             self._set(*self._sorted_blocks(blocks))
             return
         for s, e in blocks:
@@ -130,6 +137,7 @@ class VmapRange:
 
     def _insert(self, s: int, e: int) -> None:
         """Insert one freed block, merging with its neighbours."""
+        self.hint.clear()
         tiny = self.tiny
         if s - 1 in tiny:
             tiny.discard(s - 1)
@@ -165,7 +173,17 @@ class VmapRange:
         if st[0] < self.cfirst[c]:
             self.cfirst[c] = st[0]
         if len(st) > 2 * CHUNK:
-            self._set(*self._sorted_blocks())
+            self._split_chunk(c)
+
+    def _split_chunk(self, c: int) -> None:
+        """Cut an overfull chunk in two (the B-tree node split of this two-level list)."""
+        st, en = self.cs[c], self.ce[c]
+        h = len(st) // 2
+        self.cs[c:c + 1] = [st[:h], st[h:]]
+        self.ce[c:c + 1] = [en[:h], en[h:]]
+        self.cmax[c:c + 1] = [max(map(sub, en[:h], st[:h])), max(map(sub, en[h:], st[h:]))]
+        self.cfirst[c:c + 1] = [self.cfirst[c], st[h]]
+        self.hint.clear()
 
     def is_whole(self) -> bool:
         return not self.tiny and self.blocks() == ([self.start], [self.end])
@@ -174,8 +192,8 @@ class VmapRange:
 class vm_struct:  # noqa: N801 - the kernel's name
     """One vmalloc area: ``addr`` (first page), ``nr_pages`` mapped, ``pfns`` (int64 array) behind them.
 
-    ``prot`` is a numpy uint8 per-page protection array once CPA touched
-    the area (None = all ``PAGE_KERNEL``); ``pmd_huge`` the PMD indexes
+    ``prot`` is a per-page protection ``bytearray`` once CPA touched the
+    area (None = all ``PAGE_KERNEL``); ``pmd_huge`` the PMD indexes
     (``addr >> 9``) currently mapped by a 2M leaf.
     """
 
@@ -227,13 +245,13 @@ class Vmalloc:
             pfns = np.concatenate([np.arange(b, b + PMD_PAGES, dtype=np.int64)
                                    for b in (pages.alloc_huge() for _ in range(nr_pages // PMD_PAGES))])
         else:
-            pfns = pages.alloc_pages(nr_pages)
+            pfns = np.array(pages.alloc_pages(nr_pages), np.int64)
         area = vm_struct(addr, nr_pages, pfns, flags, vrange)
         if huge:
             area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
         return area
 
-    def vmalloc_plain(self, nr_pages: int) -> tuple[int, int, np.ndarray]:
+    def vmalloc_plain(self, nr_pages: int) -> tuple[int, int, list[int]]:
         """The common case of :meth:`vmalloc` (vmalloc range, 4K pages, no flags) as a tuple ``(addr, n, pfns)``."""
         vr = self.vmalloc_range
         addr = vr.alloc(nr_pages + 1)
@@ -241,7 +259,7 @@ class Vmalloc:
             addr = self._alloc_va(vr, nr_pages + 1, 1)
         return addr, nr_pages, self.k.pages.alloc_pages(nr_pages)
 
-    def vfree_plain(self, area: tuple[int, int, np.ndarray]) -> None:
+    def vfree_plain(self, area: tuple[int, int, list[int]]) -> None:
         """:meth:`vfree` of a :meth:`vmalloc_plain` area."""
         addr, n, pfns = area
         self.free_vmap_area_noflush(self.vmalloc_range, addr, addr + n + 1)

@@ -212,17 +212,19 @@ class Recorder:
         if self._marker is not None:
             os.close(self._marker)
             self._marker = None
-        if self.inst is not None and self.inst.exists():
-            try:
-                self._w("tracing_on", "0")
-            except OSError:
-                pass
-            self.inst.rmdir()        # removes the instance's events and buffer too
-        self.inst = None
-        if self._mounted is not None:
-            subprocess.run(["umount", str(self._mounted)], check=False, capture_output=True)
-            self._mounted.rmdir()
-            self._mounted = None
+        try:
+            if self.inst is not None and self.inst.exists():
+                try:
+                    self._w("tracing_on", "0")
+                except OSError:
+                    pass
+                self.inst.rmdir()        # removes the instance's events and buffer too
+            self.inst = None
+        finally:
+            if self._mounted is not None:
+                subprocess.run(["umount", str(self._mounted)], check=False, capture_output=True)
+                self._mounted.rmdir()
+                self._mounted = None
 
     def __enter__(self) -> Recorder:
         self._signals = _signals_raise()
@@ -272,10 +274,26 @@ class Recorder:
         meta["bpf_pack_used_bytes"] = str(self.pack_used)
         for k, v in self.start_vmstat.items():
             meta[f"{k}_start"], meta[f"{k}_end"] = str(v), str(end.get(k, v))
+        lost = self.overrun()
+        if lost:
+            meta["lost_events"] = str(lost)
         progs = bpf_progs if bpf_progs is not None else sorted(self.progs.values(), key=lambda p: p.id)
         with open(self.inst / "trace", encoding="utf-8", errors="replace") as lines:
-            return import_ftrace(lines, out, bpf_progs=progs, metadata=meta, own_pid=own_pid,
-                                 allow_empty=True)
+            summary = import_ftrace(lines, out, bpf_progs=progs, metadata=meta, own_pid=own_pid,
+                                    allow_empty=True)
+        if lost:
+            summary.unused[f"events lost to ring-buffer overrun (raise buffer_size_kb={self.buf_kb})"] = lost
+        return summary
+
+    def overrun(self) -> int:
+        """Events the instance's ring buffer dropped (``per_cpu/cpu*/stats``: overrun)."""
+        lost = 0
+        for stats in (self.inst / "per_cpu").glob("cpu*/stats"):
+            for line in stats.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() in ("overrun", "dropped events") and value.strip().isdigit():
+                    lost += int(value)
+        return lost
 
 
 def record(out: str | os.PathLike, duration: float | None = None, *,

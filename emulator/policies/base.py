@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from emulator.direct_map import NX, P
 from emulator.errors import KernelFault
 from emulator.result import WASTE_CAUSES
@@ -131,21 +133,25 @@ class Policy:
         k.waste(PAGE_ROUNDING, rounding)
         put(self.modules, id, [core, init, rounding], "module")
 
-        def ro_text_rodata():
-            set_memory_ro(k, core, 0, t)
-            set_memory_ro(k, core, t, r)
-            set_memory_ro(k, init, 0, it) if init else set_memory_ro(k, core, 0, 0)
-            set_memory_ro(k, init, it, ir) if init else set_memory_ro(k, core, 0, 0)
+        def cpa(set_memory, area, first, n):
+            # an absent init allocation still costs the call's vm_unmap_aliases (16 purges a load on 6.1)
+            set_memory(k, area or core, first, n if area else 0)
 
-        ro_text_rodata()
+        def module_enable_ro():
+            cpa(set_memory_ro, core, 0, t)
+            cpa(set_memory_ro, core, t, r)
+            cpa(set_memory_ro, init, 0, it)
+            cpa(set_memory_ro, init, it, ir)
+
+        module_enable_ro()                                # complete_formation
         for area, first, n in ((core, t, r), (core, t + r, a), (core, t + r + a, d),
                                (init, it, ir), (init, it + ir, idd)):
-            set_memory_nx(k, area or core, first, n if area else 0)
-        set_memory_x(k, core, 0, t)
-        set_memory_x(k, init or core, 0, it if init else 0)
-        text_poke_bp_batch(k, patch_sites)
-        ro_text_rodata()                      # do_init_module: module_enable_ro(mod, true)
-        set_memory_ro(k, core, t + r, a)
+            cpa(set_memory_nx, area, first, n)            # module_enable_nx
+        cpa(set_memory_x, core, 0, t)                     # module_enable_x
+        cpa(set_memory_x, init, 0, it)
+        text_poke_bp_batch(k, patch_sites)                # jump labels / static calls of the new module
+        module_enable_ro()                                # do_init_module: module_enable_ro(mod, true)
+        cpa(set_memory_ro, core, t + r, a)
 
     def module_init_free(self, id: int) -> None:
         """``do_free_init``: vfree of the init allocation (VM_FLUSH_RESET_PERMS)."""
@@ -229,7 +235,7 @@ class Policy:
         for area in self.exec_areas():
             if area.prot is None:
                 continue
-            x = (area.prot & (P | NX)) == P
+            x = (np.frombuffer(bytes(area.prot), np.uint8) & (P | NX)) == P
             huge = area.pmd_huge or ()
             for pmd in huge:
                 i0 = (pmd << 9) - area.addr

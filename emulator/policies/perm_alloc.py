@@ -85,7 +85,7 @@ class PermAlloc(Policy):
         try:
             base = k.pages.alloc_huge()
         except OutOfMemory:
-            pfns = k.pages.alloc_pages(1)
+            pfns = np.array(k.pages.alloc_pages(1), np.int64)
             self._convert(pfns)
             self._cache_push(pfns)
             return
@@ -128,10 +128,10 @@ class PermAlloc(Policy):
         addr = k.vm._alloc_va(k.vm.module_range, n + 1, 1)
         area = vm_struct(addr, n, pfns, 0, k.vm.module_range)
         if self.text_poke_load:
-            area.prot = np.full(n, prot, np.uint8)     # map_kernel_range at the final prot: no flush
+            area.prot = bytearray((prot,)) * n          # map_kernel_range at the final prot: no flush
             self._load(area, prot)
         else:
-            area.prot = np.full(n, PAGE_KERNEL, np.uint8)
+            area.prot = bytearray((PAGE_KERNEL,)) * n
             self._finish_cpa(area, prot)
         return area
 
@@ -167,7 +167,7 @@ class PermAlloc(Policy):
             if not prot & RW:
                 set_memory_ro(k, area, 0, area.nr_pages)
             return
-        area.prot[:] = prot
+        area.prot[:] = bytes((prot,)) * area.nr_pages
         flush_tlb_kernel_range(k, area.addr, area.addr + area.nr_pages)
 
     def perm_free(self, area: vm_struct) -> None:
@@ -235,7 +235,7 @@ class PermAlloc(Policy):
         self._convert(pfns)
         addr = k.vm._alloc_va(k.vm.module_range, PMD_PAGES + 1, PMD_PAGES)
         area = vm_struct(addr, PMD_PAGES, pfns, 0, k.vm.module_range)
-        area.prot = np.full(PMD_PAGES, prot, np.uint8)
+        area.prot = bytearray((prot,)) * PMD_PAGES
         area.pmd_huge = {addr >> 9}
         g = [area, [n], [PMD_PAGES]]
         self.groups[prot].append(g)

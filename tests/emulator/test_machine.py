@@ -55,7 +55,7 @@ def test_buddyinfo_counts_free_pageblocks_in_order_9_and_up():
 
 def test_fresh_unmovable_pages_fill_consecutive_regions_about_210_a_region():
     pa = PageAllocator(16 << 30, "fresh", np.random.default_rng(0))
-    pfns = pa.alloc_pages(2048)
+    pfns = np.array(pa.alloc_pages(2048))
     regions, counts = np.unique(pfns >> 9, return_counts=True)
     assert np.all(np.diff(pfns) >= 1)                       # in address order
     assert 150 <= counts[:-1].mean() <= 270 and len(regions) <= 14
@@ -66,8 +66,8 @@ def test_fresh_unmovable_pages_fill_consecutive_regions_about_210_a_region():
 
 def test_aged_memory_scatters_pages_over_more_regions():
     # measured on 5.10 with no free block >= order 9 left: 13 -> 17-20 splits, 1-215 pages a region
-    fresh = PageAllocator(16 << 30, "fresh", np.random.default_rng(0)).alloc_pages(4096)
-    aged = PageAllocator(16 << 30, "aged", np.random.default_rng(0)).alloc_pages(4096)
+    fresh = np.array(PageAllocator(16 << 30, "fresh", np.random.default_rng(0)).alloc_pages(4096))
+    aged = np.array(PageAllocator(16 << 30, "aged", np.random.default_rng(0)).alloc_pages(4096))
     rf, ra = np.unique(fresh >> 9), np.unique(aged >> 9)
     assert 1.3 * len(rf) < len(ra) < 3 * len(rf)
     assert np.all(np.diff(rf) == 1) and not np.all(np.diff(ra) == 1)  # consecutive vs scattered

@@ -69,3 +69,24 @@ def test_sync_core_rounds_become_ipis():
                     nr_cpus=4)
     assert row(frame, "emu_sync_core_ipis", "text_patch")["observed"] == 9
     assert row(frame, "emu_sync_core_ipis")["ok"] is True
+
+
+def test_report_section_reads_stored_runs(tmp_path, groundtruth_dir):
+    # GIVEN a result set with the shared host trace replayed under linux-6.18 (2 seeds)
+    from pipeline.check_model import report_section
+    from pipeline.cli import main
+    from traces.importers.ftrace import import_ftrace
+
+    gt = groundtruth_dir / "traces"
+    trace = tmp_path / "host.parquet"
+    import_ftrace(gt / "ebpf_n100_k4096_stack.trace.gz", trace, bpf_progs=gt / "ebpf_n100_k4096_stack.json")
+    assert report_section(tmp_path / "none") is None
+    assert main(["replay", str(trace), "--policy", "linux-6.18", "--seeds", "2", "--jobs", "1",
+                 "--out", str(tmp_path / "res")]) == 0
+    # WHEN the report asks for the model-check section
+    title, frame = report_section(tmp_path / "res")
+    # THEN it is check-model's comparison from the stored counters (warmup subtracted)
+    assert "observed" in title.lower()
+    total = frame.filter((pl.col("counter") == "emu_vmap_purges") & (pl.col("op") == "all")).row(0, named=True)
+    assert (total["trace"], total["policy"], total["seeds"], total["observed"], total["ok"]) == (
+        "host", "linux-6.18", 2, 3, True)

@@ -182,7 +182,8 @@ def guest_module_case() -> list[str]:
         f"{i}4.571222: set_x: (set_memory_x+0x0/0x50) addr=0xffffffffc0208000 npages=1",
         f"{i}4.571500: text_poke_bp_batch: (text_poke_bp_batch+0x0/0x2a0) nr=3",
         f"{i}4.571501: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_sync_core+0x0/0x30",
-        f"{i}4.573018: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc900003dd000 va_end=0xffffc900003e1000",
+        f"{i}4.573018: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc900003dd000 "
+        "va_end=0xffffc900003e1000",
         f"{i}4.573099: module_load: crc32c_generic ",
         "init-1 [000] ..... 4.591352: tracing_mark_write: GT vmstat direct_map_level2_splits 2 "
         "direct_map_level3_splits 0 ",
@@ -196,8 +197,10 @@ def guest_module_case() -> list[str]:
         "rmmod-130 [000] ..... 9.0: module_free: crc32c_generic",
         "rmmod-130 [000] ..... 9.1: free_va: (free_vmap_area_noflush+0x0/0x340) "
         "va_start=0xffffffffc0203000 va_end=0xffffffffc0208000",
-        "rmmod-130 [000] ..... 9.2: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0x1 end=0x2",
-        "rmmod-130 [000] ..... 9.3: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0x1 end=0x2",
+        "rmmod-130 [000] ..... 9.2: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffff888000010000 "
+        "end=0xffff888000014000",
+        "rmmod-130 [000] ..... 9.3: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0xffff888000010000 "
+        "end=0xffffffffc0208000",
         "rmmod-130 [000] ..... 9.4: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_flush_tlb_all+0x0/0x30",
     ]
 
@@ -205,9 +208,10 @@ def guest_module_case() -> list[str]:
 def test_guest_module_protocol(tmp_path):
     # WHEN the 6.1 guest's kprobe trace of one module is imported
     summary, trace, obs = run(tmp_path, guest_module_case())
-    # THEN the module's two module_alloc areas became one module_load with its 6.1 section sizes
+    # THEN the module's two module_alloc areas became one module_load with its 6.1 section sizes,
+    # placed where load_module ends (after it freed its copy of the .ko), before the init runs
     ops = trace["op"].to_list()
-    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init_free", "module_unload"]
+    assert ops == ["vmalloc", "text_patch", "vfree", "module_load", "module_init_free", "module_unload"]
     load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
     assert load["owner"] == "crc32c_generic"
     assert {c: load[c] for c in SECTION_COLUMNS} == {
@@ -227,3 +231,57 @@ def test_guest_module_protocol(tmp_path):
     }
     assert summary.metadata["kernel_release"] == "6.1.0-56-amd64"
     assert summary.metadata["DirectMap4k"] == "26496"
+
+
+def test_starting_state_becomes_warmup_events(tmp_path):
+    # GIVEN a 6.18 trace whose first lazy free (a 10-page area incl. guard) reports 110 queued
+    # pages, and a case JSON saying the first program landed 0x25ba4 bytes into its pack
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"progs": [{"jited_len": 28683, "jit_addr": "0xffffffffc0025ba4"}],
+                                "snap_before": {"DirectMap4k": 4}}))
+    lines = ["# entries-in-buffer/entries-written: 2/2   #P:2",
+             f"p-1 [000] ..... 1.0: alloc_vmap_area: va_start: 4096 size=40960 align=1 {VMAL} failed=0",
+             "p-1 [000] ..... 1.1: free_vmap_area_noflush: va_start=0x1000 nr_lazy=110 nr_lazy_max=16384"]
+    # WHEN imported
+    summary, trace, _ = run(tmp_path, lines, bpf_progs=case)
+    # THEN three starting-state events come first: the pack's used bytes as one program, and one
+    # lazily freed area of the 100 queued pages (99 + the guard page the emulator adds)
+    assert summary.metadata["warmup_events"] == "3" and summary.metadata["nr_cpus"] == "2"
+    assert trace.select("op", "size").rows() == [
+        ("bpf_prog_load", 0x25b80), ("vmalloc", 99 * 4096), ("vfree", 0), ("vmalloc", 36864), ("vfree", 0)]
+    assert trace["ts_ns"].to_list()[:3] == [1_000_000_000] * 3
+
+
+def test_bpftool_json_sizes_follow_load_order(tmp_path):
+    # GIVEN bpftool's list for two programs (IDs in load order) and a trace loading both
+    progs = tmp_path / "bpftool.json"
+    progs.write_text(json.dumps([{"id": 12, "type": "socket_filter", "name": "b", "bytes_jited": 200},
+                                 {"id": 11, "type": "socket_filter", "name": "a", "bytes_jited": 100}]))
+    lines = [f"p-5 [000] ..... 1.{i}: tracing_mark_write: GT {what}" for i, what in
+             enumerate(["start", "load 0", "load 1", "close 0", "close 1"], 1)]
+    # WHEN imported THEN the first load is ID 11 (100 bytes), the second ID 12 (200 bytes)
+    _, trace, _ = run(tmp_path, lines, bpf_progs=progs)
+    assert trace.select("op", "id", "size", "owner").rows() == [
+        ("bpf_prog_load", 0, 100, "a"), ("bpf_prog_load", 1, 200, "b"),
+        ("bpf_prog_free", 0, 0, None), ("bpf_prog_free", 1, 0, None)]
+
+
+def test_bad_bpf_progs_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1, "bytes_jited": -5}]')
+    with pytest.raises(TraceError, match="bytes_jited=-5"):
+        import_ftrace(host_bpf_case(), tmp_path / "t.parquet", bpf_progs=bad)
+
+
+def test_reset_fallback_flush_is_not_a_purge(tmp_path):
+    # GIVEN 6.1's vm_reset_perms path finding nothing to purge: _vm_unmap_aliases then flushes
+    # exactly the direct-map range it passed (flush_tlb_kernel_range fallback)
+    k = "kworker/0:1-17 [000] ..... "
+    lines = [f"p-1 [000] ..... 1.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=8192 align=1 {VMAL}",
+             "p-1 [000] ..... 1.1: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000001000 va_end=0x1",
+             f"{k}2.0: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffff888105f91000 end=0xffff888105f98000",
+             f"{k}2.1: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0xffff888105f91000 end=0xffff888105f98000",
+             f"{k}2.2: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_kernel_range_flush+0x0/0x30"]
+    # WHEN imported THEN the flush is observed, the purge is not
+    _, _, obs = run(tmp_path, lines)
+    assert obs["kind"].to_list() == ["flush_tlb_kernel_range"]

@@ -31,6 +31,16 @@ GOOD = [
     "GT vmstat-before direct_map_level2_splits 1",
     "GT init-uptime 2.89 kernel 6.1.0-56-amd64 cpus 2",
     "cpus=2",
+    "bpfload-151 [001] ..... 7.141363: tracing_mark_write: GT case N=1 K=2",
+    "bpfload-151 [001] ..... 7.141364: tracing_mark_write: GT bpfL 0",
+    "bpfload-151 [001] ..... 7.141365: tracing_mark_write: GT bpfF 0",
+    "bpfload-151 [001] ..... 7.141366: tracing_mark_write: GT dm load-begin 4k=26496 2M=3119104 1G=0 l2=1 l3=0",
+    "init-1 [000] ..... 4.591352: tracing_mark_write: GT vmstat direct_map_level2_splits 2 direct_map_level3_splits 0",
+    "GT bpf N=1 K=2 loaded=1 load_s=0.004 jited_len=21 xlated_len=16 jit_addr0=0xffffffffc000065c",
+    "GT enabled: csd:csd_queue_cpu vmalloc:alloc_vmap_area vmalloc:purge_vmap_area_lazy gt:alloc_va",
+    "# entries-in-buffer/entries-written: 2773/2773   #P:2",
+    "         python3-8489    [001] .....  1265.840454: <stack trace>",
+    " => trace_event_raw_event_alloc_vmap_area",
 ]
 numbers = st.one_of(st.integers(-(1 << 70), 1 << 70).map(str), st.integers(0, 1 << 80).map(hex),
                     st.text("0123456789abcdefxX-+.", max_size=30))

@@ -1,5 +1,9 @@
 """BPF program sizes (JIT image bytes) from ``bpftool prog show --json``.
 
+bpftool entries carry ``id``, ``name`` and ``bytes_jited``; ``loaded_at``
+is wall-clock time, which does not map onto a trace's clock, so programs
+are matched to ``GT load i`` markers by load order (ID order) instead.
+
 Also accepted, so that every shared ground-truth trace imports with its own
 side file: a ground-truth case JSON (``gt_bpf.py``: a dict with ``progs``
 entries carrying ``jited_len``), and the list ``permtrace record`` /
@@ -73,6 +77,11 @@ def load_bpf_progs(path: str | os.PathLike) -> list[BpfProg]:
                              bytes_jited=size, index=_int(e, "index", path, i),
                              load_time_ns=_int(e, "load_time_ns", path, i),
                              free_time_ns=_int(e, "free_time_ns", path, i)))
+    if progs and all(p.id is not None and p.index is None for p in progs):
+        # bpftool: IDs grow in load order, so the i-th program by ID is the trace's i-th load
+        # (GT load i); pass only the traced run's programs (e.g. filter by name with jq).
+        progs = [BpfProg(p.id, p.name, p.bytes_jited, index=i) for i, p in
+                 enumerate(sorted(progs, key=lambda p: p.id))]
     return progs
 
 

@@ -42,7 +42,8 @@ MAX_MALFORMED_KEPT = 100
 
 _EVENT = re.compile(
     r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<secs>\d+)\.(?P<frac>\d{1,9}):\s+(?P<event><[^>]*>|[\w.-]+)(?::\s?(?P<body>.*)|\s*)$")
+    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<secs>\d+)\.(?P<frac>\d{1,9}):\s+"
+    r"(?P<event><[^>]*>|[\w.-]+)(?::\s?(?P<body>.*)|\s*)$")
 #: A line that begins like an event line; if _EVENT does not match it, it is malformed.
 _EVENT_PREFIX = re.compile(r"^\s*\S.*?-\d+\s+(?:\(\s*[-\d]+\)\s+)?\[\d+\]")
 _KV = re.compile(r"(\w+)[=:]\s?(\S+)")
@@ -242,9 +243,9 @@ class FtraceParser:
         elif ev == "free_va":
             c.free(ts, cpu, pid, task, _fields(body, "va_start")[0])
         elif ev == "purge":
-            c.purge_entry(ts, pid, task)
+            c.purge_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "flush_krange":
-            c.kernel_range_flush_entry(ts, pid, task)
+            c.kernel_range_flush_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "on_each_cpu":
             c.on_each_cpu(ts, pid, task, _func(body, "func"))
         elif ev in ("set_ro", "set_x", "set_nx", "set_rw"):
@@ -289,15 +290,16 @@ def observed_path(trace: str | os.PathLike) -> Path:
 def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathLike, *,
                   bpf_progs: str | os.PathLike | list[BpfProg] | None = None,
                   metadata: dict | None = None, own_pid: int | None = None,
-                  warmup: list[BpfProg] | None = None, allow_empty: bool = False) -> ImportSummary:
+                  allow_empty: bool = False) -> ImportSummary:
     """Import ftrace text into ``out`` (trace) and its ``.observed.parquet``.
 
     ``bpf_progs``: a ``bpftool prog show --json`` / ground-truth JSON path,
-    or a list of :class:`BpfProg`.  ``warmup``: programs alive when tracing
-    started; they become the first events, and metadata ``warmup_events``
-    says how many events are starting state rather than workload.  ``metadata`` overrides what the log
-    itself tells (``nr_cpus``, ``DirectMap*``, ...); keys ``direct_map_level*``
-    there are the vmstat counters at the start of the trace.  Raises
+    or a list of :class:`BpfProg`.  ``metadata`` overrides what the log
+    itself tells (``nr_cpus``, ``DirectMap*``, ...); ``direct_map_level*_start``
+    / ``_end`` there are vmstat counters around the trace, and
+    ``bpf_pack_used_bytes`` the starting pack occupancy (a warmup event,
+    see :mod:`traces.importers.kernel`).  ``own_pid``: count only this task
+    and kernel threads as the workload.  Raises
     :class:`TraceError` when no trace line at all was found (unless
     ``allow_empty``); malformed lines are counted, never raised.
     """
@@ -306,7 +308,7 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
         progs, meta_in = load_bpf_progs(bpf_progs), case_metadata(bpf_progs)
     meta_in.update({k: str(v) for k, v in (metadata or {}).items()})
     summary = ImportSummary()
-    conv = KernelEventConverter(own_pid=own_pid, bpf_progs=progs, warmup=warmup)
+    conv = KernelEventConverter(own_pid=own_pid, bpf_progs=progs)
     parser = FtraceParser(conv, summary)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<lines>"
     for lineno, line in enumerate(_lines(source), 1):

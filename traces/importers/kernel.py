@@ -35,6 +35,16 @@ charged to, as the emulator charges it: to the event that triggered it):
 ``vmap_purge`` (purges that flushed), ``exec_area_alloc``,
 ``direct_map_level{2,3}_{splits,collapses}`` (vmstat deltas).
 
+Guests >= 6.2 traced by init.sh have both; the importer then ignores the
+kprobes that duplicate an enabled tracepoint (``GT enabled:`` line).
+
+Starting state that changes what the workload costs becomes *warmup*
+events placed first (metadata ``warmup_events`` counts them; check-model
+subtracts their replay): how full the current ``bpf_prog_pack`` was (one
+program of that many bytes), and how many pages were already queued for the
+lazy purge (one vmalloc + vfree of that size, from the first
+``free_vmap_area_noflush``'s ``nr_lazy``).
+
 Memory: events and observations are kept as Python lists of ints until the
 end of the import (module and BPF windows are back-patched); a trace of
 10^6 events needs ~0.3 GB, which is why very long recordings should be cut.
@@ -52,6 +62,7 @@ from traces.importers.bpftool import BpfProg
 from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS
 
 PAGE_SIZE = 4096
+ULONG_MAX = (1 << 64) - 1
 #: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
 EXEC_RANGE_START = 0xFFFFFFFF80000000
@@ -109,12 +120,10 @@ class KernelEventConverter:
     recorded, load/free times).
     """
 
-    def __init__(self, *, own_pid: int | None = None, bpf_progs: list[BpfProg] | None = None,
-                 warmup: list[BpfProg] | None = None) -> None:
+    def __init__(self, *, own_pid: int | None = None, bpf_progs: list[BpfProg] | None = None) -> None:
         self.own_pid = own_pid
-        # Programs alive when tracing started: loaded first, as the starting state (their
-        # code fills packs the workload's programs then share).  Not observed.
-        self._warmup = sorted(warmup or [], key=lambda p: (p.load_time_ns or 0, p.id or 0))
+        # Programs standing for the starting state (add_warmup): loaded first, not observed.
+        self._warmup: list[BpfProg] = []
         self.n_warmup = 0
         self.lazy_start: int | None = None         # lazily freed pages queued at start (-1: unknown)
         self._purged_before_first_free = False
@@ -132,7 +141,6 @@ class KernelEventConverter:
         self._exec: dict[int, tuple[str, int]] = {}  # exec va_start -> (owner kind, id)
         self._windows: dict[int, _Window] = {}     # pid -> module window
         self._modules: dict[str, int] = {}         # live module name -> id
-        self._module_rows: dict[int, int] = {}     # module id -> module_load row
         self._module_unload_rows: dict[int, int] = {}
         self._merged: dict[int, int] = {}          # placeholder row -> module_load row it merged into
         self._next_module = 0
@@ -147,7 +155,8 @@ class KernelEventConverter:
         # id, size, name, ts, timed (a recorded load time, not a GT marker)
         self._pending_bpf: tuple[int, int | None, str | None, int, bool] | None = None
         self._round: dict[int, tuple[str, set]] = {}   # sender cpu -> (func, targets) of open CSD round
-        self._pending_purge: dict[int, int] = {}   # pid -> ts of a kprobe purge awaiting its flush
+        # pid -> (ts, start, end) of a kprobe purge awaiting its flush
+        self._pending_purge: dict[int, tuple[int, int, int]] = {}
         self._pending_alloc: dict[int, tuple[int, int]] = {}  # pid -> (size, vstart) awaiting kretprobe
         self._splits: dict[str, int] = {}
         progs = bpf_progs or []
@@ -387,21 +396,30 @@ class KernelEventConverter:
         elif flushed:
             self.observe(ts, "vmap_purge", 1, self.charge(pid, comm))
 
-    def purge_entry(self, ts: int, pid: int, comm: str) -> None:
-        """kprobe ``__purge_vmap_area_lazy`` entry: flushed iff a flush_tlb_kernel_range follows."""
+    def purge_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
+        """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
+        ``flush_tlb_kernel_range`` follows that is not ``_vm_unmap_aliases``' fallback."""
         self._end_purge(pid, comm)
-        self._pending_purge[pid] = ts
+        self._pending_purge[pid] = (ts, start, end)
 
-    def kernel_range_flush_entry(self, ts: int, pid: int, comm: str) -> None:
-        """kprobe ``flush_tlb_kernel_range``: settles the task's open purge."""
-        t = self._pending_purge.pop(pid, None)
-        if t is not None:
-            self.purge(t, pid, comm, True)
+    def kernel_range_flush_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
+        """kprobe ``flush_tlb_kernel_range``: settles the task's open purge.
+
+        6.1 ``_vm_unmap_aliases(start, end, flush)``: ``if (!__purge_vmap_area_lazy(start, end)
+        && flush) flush_tlb_kernel_range(start, end)`` - the same range as the purge was given
+        means nothing was purged (a purge widens it to the purged areas, which never lie in the
+        direct map the reset path passes).
+        """
+        pending = self._pending_purge.pop(pid, None)
+        if pending is not None:
+            t, p_start, p_end = pending
+            fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
+            self.purge(t, pid, comm, not fallback)
 
     def _end_purge(self, pid: int, comm: str) -> None:
-        t = self._pending_purge.pop(pid, None)
-        if t is not None:
-            self.purge(t, pid, comm, False)
+        pending = self._pending_purge.pop(pid, None)
+        if pending is not None:
+            self.purge(pending[0], pid, comm, False)
 
     def csd_queue(self, ts: int, src_cpu: int, pid: int, comm: str, target: int, func: str) -> None:
         """``csd:csd_queue_cpu``: one per remote CPU; consecutive ones = one round."""
@@ -452,16 +470,17 @@ class KernelEventConverter:
             row = self._emit(ts, cpu, "module_load", mid, 0, name, pid=pid)
             self.unused["module_load without traced allocations"] += 1
         else:
+            # The event goes here, at the end of load_module, not at its first allocation: the
+            # kernel frees the module's copy (vfree in load_module) before do_init_module's
+            # after-init set_memory_ro, and the order decides which purge flushes it.  The
+            # work done since the first allocation is charged to this event.
             sections, kinds = _module_sections(w)
-            row = w.rows[0]
-            self.events[row][2:] = ["module_load", mid, sum(sections), name, *sections, 0]
-            self._sticky[pid] = row
-            for r in w.rows[1:]:
+            row = self._emit(ts, cpu, "module_load", mid, sum(sections), name, tuple(sections), pid=pid)
+            for r in w.rows:
                 self.events[r][2] = None                # merged into the module_load
                 self._merged[r] = row
             for (va, _), kind in zip(w.areas, kinds):
                 self._exec[va] = (kind, mid)
-        self._module_rows[mid] = row
         self._last_module_row = row
 
     def module_free(self, ts: int, cpu: int, pid: int, name: str) -> None:
