@@ -47,7 +47,8 @@ AGED_SHARE = (1, 257)
 #: Pageblocks at the bottom of memory taken by firmware, kernel image and boot allocations.
 BOOT_RESERVED_BLOCKS = 32
 
-FREE, TAKEN = 0, 1
+#: Pageblock states: free (in the order >= 9 pool), taken whole, or partly ours via fallback.
+FREE, TAKEN, CLAIMED = 0, 1, 2
 
 
 class OutOfMemory(KernelFault):
@@ -116,8 +117,19 @@ class PageAllocator:
             self.free_budget -= PAGES_PER_BLOCK
             share = int(rng.integers(*FRESH_SHARE))
         else:
-            # a partly free movable pageblock anywhere in memory
-            b = int(rng.integers(BOOT_RESERVED_BLOCKS, self.nr_regions))
+            # a partly free movable pageblock at a random place (any block we do not hold)
+            st = self.state
+            for _ in range(8):
+                b = int(rng.integers(BOOT_RESERVED_BLOCKS, self.nr_regions))
+                if st[b] == FREE:
+                    break
+            else:
+                free = np.flatnonzero(st == FREE)
+                if not len(free):
+                    raise OutOfMemory("every pageblock is in use")
+                b = int(free[rng.integers(len(free))])
+            st[b] = CLAIMED
+            self.nr_free_blocks -= 1
             share = min(int(rng.integers(*AGED_SHARE)), self.free_budget)
             self.free_budget -= share
         off = int(rng.integers(0, PAGES_PER_BLOCK - share + 1))

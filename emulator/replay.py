@@ -18,7 +18,7 @@ from emulator.machine import Machine
 from emulator.policies.base import Policy
 from emulator.result import WASTE_CAUSES, ReplayResult
 from traces.io import iter_event_batches, num_events
-from traces.schema import EXEC_OWNERS, OP_CODE, OPS, SECTION_COLUMNS
+from traces.schema import OP_CODE, OPS, SECTION_COLUMNS
 
 #: Counters sampled into the timeline (plus DirectMap4k and live waste).
 TIMELINE_COUNTERS: tuple[str, ...] = (
@@ -130,7 +130,6 @@ def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine
         base += n
         t_last = tss[-1]
 
-    k.stat = k.op_stats("end")
     counters = k.totals()
     counters.update(k.dm.meminfo_kb())
     counters.update(k.waste_counters(t_first or 0, t_last))
@@ -145,6 +144,6 @@ def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine
         timeline[name] = rows[:, j].copy()
     return ReplayResult(
         counters=counters, per_op=per_op, timeline=timeline, direct_map=k.dm.level.copy(), n_events=base,
-        meta={"policy": type(policy).__name__, "seed": str(seed), "exec_owners": ",".join(EXEC_OWNERS)},
+        meta={"policy": type(policy).__name__, "seed": str(seed)},
     )
 

@@ -43,3 +43,19 @@ def text_poke_bp_batch(k, sites: int) -> None:
     c["emu_text_poke_bp_batches"] += batches
     c["emu_sync_core_ipis"] += 3 * batches * (k.nr_cpus - 1)
     local_flush(k, 3 * sites)
+
+
+def jump_label_add_module(k, sites: int) -> None:
+    """Patch a new module's ``sites`` jump-label / static-call sites at load.
+
+    ``jump_label_add_module`` batches per static key and a module's keys
+    have about one site each, so each site is its own ``text_poke_bp``
+    batch: measured on 6.1, xfs patched 1308 sites in 1308 batches (3924
+    ``do_sync_core`` IPIs at 2 CPUs).
+    """
+    if sites <= 0:
+        return
+    c = k.stat
+    c["emu_text_poke_bp_batches"] += sites
+    c["emu_sync_core_ipis"] += 3 * sites * (k.nr_cpus - 1)
+    local_flush(k, 3 * sites)

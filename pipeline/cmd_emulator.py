@@ -38,6 +38,7 @@ def bench_cmd(
     policy: list[str] = typer.Option(None, "--policy", "-P", help="policies to run [all built-ins]"),
     cache_dir: Path = typer.Option(Path.home() / ".cache" / "permtrace" / "bench", help="where bench traces are kept"),
     seed: int = typer.Option(0, help="seed of the traces and of the replays"),
+    repeat: int = typer.Option(2, min=1, help="replays per (trace, policy); the fastest is reported"),
 ) -> None:
     """Replay mixed-fleet traces under every policy: events/s and peak memory per policy."""
     from emulator import policies
@@ -50,12 +51,13 @@ def bench_cmd(
         raise PermtraceError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     names = policy or [n for n, i in policies.available().items() if i.base is None]
     typer.echo(f"machine: {machine_info()}")
-    typer.echo("one replay per child process, pinned to one CPU; events/s from CPU time (wall in brackets)")
+    typer.echo(f"each (trace, policy) in its own child process pinned to one CPU, best of {repeat}; "
+               "events/s from CPU time (wall in brackets); peak RSS of the child")
     typer.echo(f"{'trace':>34} {'policy':>14} {'events/s':>10} {'(wall)':>10} {'peak RSS MB':>12} {'shootdowns':>11}")
     for n in counts:
         trace = bench_trace(n, cache_dir, seed)
         for name in names:
-            r = run_one(trace, name, seed)
+            r = run_one(trace, name, seed, repeat)
             typer.echo(f"{trace.name:>34} {name:>14} {r['events'] / r['cpu_s']:>10.0f} "
                        f"{r['events'] / r['wall_s']:>10.0f} {r['peak_rss_mb']:>12.0f} {r['shootdowns']:>11}")
 

@@ -38,7 +38,7 @@ from emulator.direct_map import NX, P
 from emulator.errors import KernelFault
 from emulator.result import WASTE_CAUSES
 from emulator.set_memory import set_memory_nx, set_memory_ro, set_memory_x
-from emulator.text_poke import text_poke_bp_batch
+from emulator.text_poke import jump_label_add_module, text_poke_bp_batch
 from emulator.vmalloc import VM_FLUSH_RESET_PERMS, vm_struct
 
 PAGE_SIZE = 4096
@@ -149,7 +149,7 @@ class Policy:
             cpa(set_memory_nx, area, first, n)            # module_enable_nx
         cpa(set_memory_x, core, 0, t)                     # module_enable_x
         cpa(set_memory_x, init, 0, it)
-        text_poke_bp_batch(k, patch_sites)                # jump labels / static calls of the new module
+        jump_label_add_module(k, patch_sites)             # jump labels / static calls of the new module
         module_enable_ro()                                # do_init_module: module_enable_ro(mod, true)
         cpa(set_memory_ro, core, t + r, a)
 

@@ -9,7 +9,7 @@ from emulator.policies.base import (
     BPF_BINARY_HEADER, PACK_FRAGMENTATION, PAGE_ROUNDING, PAGE_SIZE, Policy, pages, put, take,
 )
 from emulator.set_memory import set_memory_nx, set_memory_ro, set_memory_rox, set_memory_x
-from emulator.text_poke import text_poke_bp_batch, text_poke_copy, text_poke_set
+from emulator.text_poke import jump_label_add_module, text_poke_copy, text_poke_set
 
 #: kernel/bpf/core.c: BPF_PROG_PACK_SIZE = SZ_2M * num_possible_nodes() (one node here).
 BPF_PROG_PACK_SIZE = 2 << 20
@@ -180,7 +180,7 @@ class BpfProgPack(Policy):
         for i in (text, itext):
             if areas[i]:
                 self.module_text_rox(areas[i], npg[i])
-        text_poke_bp_batch(k, patch_sites)
+        jump_label_add_module(k, patch_sites)
         if areas[ro_ai]:
             set_memory_ro(k, areas[ro_ai], 0, npg[ro_ai])
 

@@ -20,7 +20,7 @@ from emulator.policies.base import (
     BPF_BINARY_HEADER, CACHE, PAGE_ROUNDING, PAGE_SIZE, Policy, pages, put, take,
 )
 from emulator.set_memory import set_memory_ro, set_memory_x
-from emulator.text_poke import local_flush, text_poke_bp_batch
+from emulator.text_poke import jump_label_add_module, local_flush
 from emulator.tlb import flush_tlb_kernel_range
 from emulator.vmalloc import PAGE_OFFSET, VM_FLUSH_RESET_PERMS, vm_struct
 
@@ -278,7 +278,7 @@ class PermAlloc(Policy):
         rounding = sum(pages(s) * PAGE_SIZE - s for s in sections)
         k.waste(PAGE_ROUNDING, rounding)
         put(self.modules, id, [regions, None, rounding], "module")
-        text_poke_bp_batch(k, patch_sites)
+        jump_label_add_module(k, patch_sites)
         ro = regions[2]
         if ro is not None:                               # do_init_module: ro_after_init -> R
             if isinstance(ro, tuple):                   # a group region cannot change alone: move it

@@ -135,3 +135,14 @@ def test_vmap_first_fit_matches_a_naive_lowest_address_first_fit(script):
             pending = []
     fast.release(live + pending)
     assert fast.is_whole()
+
+
+@pytest.mark.parametrize("fragmentation", ["fresh", "aged", BUDDYINFO])
+def test_no_page_is_handed_out_twice(fragmentation):
+    pa = PageAllocator(1 << 30, fragmentation, np.random.default_rng(1))
+    pages = pa.alloc_pages(20_000)
+    huge = [pa.alloc_huge() for _ in range(20)]
+    pages += pa.alloc_pages(20_000)
+    everything = np.concatenate([np.array(pages)] + [np.arange(b, b + 512) for b in huge])
+    assert len(np.unique(everything)) == len(everything) == 40_000 + 20 * 512
+    assert np.all(everything >= 32 * 512) and np.all(everything < (1 << 30) >> 12)

@@ -263,3 +263,12 @@ def test_no_wx_mapping_from_legacy_sequence():
     assert list(a.prot) == [PAGE_KERNEL_ROX] * 2 and c(k, "emu_wx_pages") == 0
     set_memory_rw(k, a, 0, 1)                  # RW + X: counted
     assert c(k, "emu_wx_pages") == 1 and int(a.prot[0]) == P | RW
+
+
+def test_module_load_patches_each_site_in_its_own_batch_like_xfs_on_61(trace, mod):
+    # groundtruth/results/guest: xfs, 1308 text_poke_bp batches, 3924 do_sync_core at 2 CPUs
+    from emulator import policies, replay
+    r = replay(trace([mod(1, text=1 << 20, data=4096, patch_sites=1308)]), policies.make("linux-6.1"),
+               Machine(nr_cpus=2, mem_bytes=2 << 30))
+    d = r.per_op["module_load"]
+    assert (d["emu_text_poke_bp_batches"], d["emu_sync_core_ipis"]) == (1308, 3924)

@@ -14,7 +14,9 @@ Generative model: everything at once, on one clock.
   kernel stacks (``alloc_thread_stack_node`` with CONFIG_VMAP_STACK; only
   the forks that miss the per-CPU stack cache), living LogNormal(5 s, 2);
   half ``kvmalloc`` buffers of LogNormal(64 KiB, 1.5) bytes (at most 64 MiB),
-  living LogNormal(1 s, 2.5); 2% of all never freed;
+  living LogNormal(1 s, 2.5); 2% are long-lived (per-cgroup and driver
+  buffers), living LogNormal(1 h, 1) -- bounded, so the live set is
+  stationary and a longer trace does not grow it;
 - memory pressure (``mem_pressure``): Poisson, one per 30 min, asking the
   shrinkers for LogNormal(256 MiB, 1) bytes (at most 1/4 of memory).
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from traces.synth import boot_modules, bpf_churn, seccomp_storm, tracing_session
-from traces.synth._common import (FOREVER, KiB, MiB, NS_PER_S, Events, Ids, Owners, Params, arrivals, lognormal,
+from traces.synth._common import (KiB, MiB, NS_PER_S, Events, Ids, Owners, Params, arrivals, lognormal,
                                   make_events, object_events)
 
 SUMMARY = "a day on a busy host: boot modules, BPF churn, seccomp, tracing, background vmalloc, memory pressure"
@@ -57,7 +59,8 @@ class BackgroundVmalloc:
         size = np.where(stack, 16 * KiB, lognormal(rng, 64 * KiB, 1.5, n, lo=1, hi=64 * MiB))
         life = np.where(stack, lognormal(rng, 5 * NS_PER_S, 2.0, n, lo=1000),
                         lognormal(rng, NS_PER_S, 2.5, n, lo=1000))
-        life[rng.random(n) < 0.02] = FOREVER
+        long_lived = rng.random(n) < 0.02
+        life[long_lived] = lognormal(rng, 3600 * NS_PER_S, 1.0, int(long_lived.sum()), lo=1000)
         owner = np.where(stack, *self.owner).astype(np.int32)
         return object_events(t, life, "vmalloc", self.ids.take(n), size=size, owner=owner)
 
