@@ -76,6 +76,7 @@ class Policy:
     #: Simplifications a user should know about, shown by ``permtrace policies -v``.
     SIMPLIFICATIONS: ClassVar[tuple[str, ...]] = (
         "bpf_trampoline/dispatcher pages are modelled like kprobes (ro + x); 5.10 mapped them W+X",
+        "do_init_module's after-init set_memory_ro is replayed at the module's init free (no op of its own)",
     )
 
     def params(self) -> dict[str, object]:
@@ -150,21 +151,39 @@ class Policy:
         cpa(set_memory_x, core, 0, t)                     # module_enable_x
         cpa(set_memory_x, init, 0, it)
         jump_label_add_module(k, patch_sites)             # jump labels / static calls of the new module
-        module_enable_ro()                                # do_init_module: module_enable_ro(mod, true)
-        cpa(set_memory_ro, core, t + r, a)
+
+        def do_init_module():                             # module_enable_ro(mod, true)
+            module_enable_ro()
+            cpa(set_memory_ro, core, t + r, a)
+        self.modules[id].append(do_init_module)
+
+    def do_init_module(self, mod: list) -> None:
+        """The after-init ``set_memory_ro`` of ``do_init_module``, if not yet done.
+
+        In the kernel it follows ``load_module``'s ``free_copy`` (the vfree of
+        the module's file copy, which the trace places after ``module_load``),
+        so its purge flushes that copy.  Simplification: it is replayed at the
+        module's init free (or unload), the next op of that module, which
+        ``do_init_module`` itself queues (``do_free_init``).
+        """
+        if len(mod) > 3:
+            mod.pop()()
 
     def module_init_free(self, id: int) -> None:
         """``do_free_init``: vfree of the init allocation (VM_FLUSH_RESET_PERMS)."""
         mod = self.modules.get(id)
         if mod is None:
             raise KernelFault(f"init free of unknown module id {id}")
+        self.do_init_module(mod)
         if mod[1] is not None:
             self.k.vm.vfree(mod[1])
             mod[1] = None
 
     def module_unload(self, id: int) -> None:
         """``free_module``: vfree init (if still there) and core, each with reset perms."""
-        core, init, rounding = take(self.modules, id, "module")
+        mod = take(self.modules, id, "module")
+        self.do_init_module(mod)
+        core, init, rounding = mod[:3]
         if init is not None:
             self.k.vm.vfree(init)
         self.k.vm.vfree(core)
@@ -220,7 +239,7 @@ class Policy:
 
     def exec_areas(self):
         """Live areas holding executable code (for ``emu_text_tlb_entries_*``)."""
-        for core, init, _ in self.modules.values():
+        for core, init, *_ in self.modules.values():
             yield core
             if init is not None:
                 yield init

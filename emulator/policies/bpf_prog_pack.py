@@ -49,6 +49,10 @@ class BpfProgPack(Policy):
     native_rox: bool = False
     #: Every CPA flush is a full flush (as measured on 6.12).
     cpa_flush_full: bool = False
+    #: 6.4-6.13 ``do_init_module`` -> ``module_enable_rodata_ro(mod, true)`` makes rodata and init
+    #: rodata read-only again before ro_after_init (traced on 6.12); 6.14+
+    #: ``module_enable_rodata_ro_after_init`` does ro_after_init only (traced on 7.2).
+    after_init_rodata: bool = True
 
     PRESETS = {
         "linux-6.1": {},
@@ -154,10 +158,11 @@ class BpfProgPack(Policy):
     def module_load(self, id: int, sections: tuple[int, ...], patch_sites: int) -> None:
         """6.4+ ``load_module`` with ``mod_mem_areas``: one area per non-empty ``mod_mem_type``.
 
-        ``complete_formation``: ``module_enable_rodata_ro`` (rodata, init
-        rodata), ``module_enable_data_nx`` (5 data types),
+        ``complete_formation``: ``module_enable_rodata_ro(mod, false)``
+        (rodata, init rodata), ``module_enable_data_nx`` (5 data types),
         ``module_enable_text_rox`` (text, init text); ``do_init_module``:
-        ``module_enable_rodata_ro_after_init``.
+        ro_after_init (see ``after_init_rodata``), replayed at the init free
+        (:meth:`Policy.do_init_module`).
         """
         if not self.mod_mem_areas:
             return super().module_load(id, sections, patch_sites)
@@ -181,8 +186,12 @@ class BpfProgPack(Policy):
             if areas[i]:
                 self.module_text_rox(areas[i], npg[i])
         jump_label_add_module(k, patch_sites)
-        if areas[ro_ai]:
-            set_memory_ro(k, areas[ro_ai], 0, npg[ro_ai])
+
+        def do_init_module():
+            for i in (rodata, irodata, ro_ai) if self.after_init_rodata else (ro_ai,):
+                if areas[i]:
+                    set_memory_ro(k, areas[i], 0, npg[i])
+        self.modules[id].append(do_init_module)
 
     def module_init_free(self, id: int) -> None:
         if not self.mod_mem_areas:
@@ -190,6 +199,7 @@ class BpfProgPack(Policy):
         mod = self.modules.get(id)
         if mod is None:
             raise KernelFault(f"init free of unknown module id {id}")
+        self.do_init_module(mod)
         self._free_areas(mod[0], (4, 5, 6))
 
     def _free_areas(self, areas, which) -> None:
@@ -202,24 +212,28 @@ class BpfProgPack(Policy):
                 areas[i] = None
 
     def module_unload(self, id: int) -> None:
+        """6.4+ ``free_module`` -> ``free_mod_mem``: every type in enum order but MOD_DATA, which
+        "hosts mod, so free it at last" (init types are already gone after ``do_free_init``)."""
         if not self.mod_mem_areas:
             return super().module_unload(id)
-        areas, _, rounding = take(self.modules, id, "module")
-        self._free_areas(areas, (4, 5, 6, 0, 1, 2, 3))
+        mod = take(self.modules, id, "module")
+        self.do_init_module(mod)
+        areas, _, rounding = mod[:3]
+        self._free_areas(areas, (0, 2, 3, 4, 5, 6, 1))
         self.k.waste(PAGE_ROUNDING, -rounding)
 
     # -- final state -----------------------------------------------------------
 
     def exec_areas(self):
         if self.mod_mem_areas:
-            for areas, _, _ in self.modules.values():
+            for areas, *_ in self.modules.values():
                 for i in (0, 4):
                     if areas[i] is not None:
                         yield areas[i]
             for obj in self.execs.values():
                 yield obj[0]
         else:
-            for core, init, _ in self.modules.values():
+            for core, init, *_ in self.modules.values():
                 yield core
                 if init is not None:
                     yield init

@@ -39,6 +39,7 @@ class ExecmemRox(BpfProgPack):
 
     mod_mem_areas: bool = True
     native_rox: bool = True
+    after_init_rodata: bool = False
     #: 6.15+ ``cpa_collapse_large_pages`` after ``set_memory_rox`` (off = 6.13's cache without collapse).
     collapse: bool = True
 

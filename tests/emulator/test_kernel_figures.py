@@ -33,15 +33,35 @@ def test_61_module_load_is_2_allocs_9_ro_5_nx_2_x_and_unload_is_1_purge_1_full_f
                ("module_init_free", 1, 0), ("module_unload", 1, 0)])
     r = run(t, "linux-6.1", dm=ALL_4K)
     load, init_free, unload = (r.per_op[o] for o in ("module_load", "module_init_free", "module_unload"))
-    # THEN the loader's calls are those traced on 6.1
+    # THEN the loader's calls are those traced on 6.1: complete_formation's 4 ro / 5 nx / 2 x at the
+    # load, do_init_module's module_enable_ro(mod, true) (5 ro) replayed at the init free
     assert (load["emu_module_alloc"], load["emu_set_memory_ro"], load["emu_set_memory_nx"],
-            load["emu_set_memory_x"], load["emu_vm_unmap_aliases"]) == (2, 9, 5, 2, 16)
-    # ro core text, core rodata, init text, init rodata, ro_after_init: one flush_tlb_all each;
+            load["emu_set_memory_x"], load["emu_vm_unmap_aliases"]) == (2, 4, 5, 2, 11)
+    assert (init_free["emu_set_memory_ro"], init_free["emu_vm_unmap_aliases"]) == (5, 5)
+    # ro core text, core rodata, init text, init rodata: one flush_tlb_all each;
     # set_memory_x (NX-only, <= 33 pages): per-page CPA flush
-    assert (load["emu_flush_tlb_all"], load["emu_cpa_flush"], load["emu_flush_tlb_kernel_range"]) == (5, 2, 0)
-    # init free and unload: VM_FLUSH_RESET_PERMS vfree = 1 purge + 1 full flush
-    for d in (init_free, unload):
-        assert (d["emu_vmap_purges"], d["emu_flush_tlb_all"], d["emu_shootdowns"]) == (1, 1, 1)
+    assert (load["emu_flush_tlb_all"], load["emu_cpa_flush"], load["emu_flush_tlb_kernel_range"]) == (4, 2, 0)
+    # init free: ro_after_init (the only page do_init_module changes) 1 flush_tlb_all, then the
+    # VM_FLUSH_RESET_PERMS vfree = 1 purge + 1 full flush; unload: the vfree only
+    assert (init_free["emu_vmap_purges"], init_free["emu_flush_tlb_all"], init_free["emu_shootdowns"]) == (1, 2, 2)
+    assert (unload["emu_vmap_purges"], unload["emu_flush_tlb_all"], unload["emu_shootdowns"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("policy, init_area_purges", [("linux-5.10", 1), ("linux-6.1", 1), ("linux-6.12", 1),
+                                                      ("linux-7.2", 0)])
+def test_do_init_module_purge_flushes_the_copy_load_module_freed(trace, mod, policy, init_area_purges):
+    # GIVEN load_module's copy of the .ko (vmalloc), freed after the module's areas (free_copy),
+    # then do_free_init; the module has rodata and init text but no ro_after_init
+    t = trace([("vmalloc", 1, 5 * 4096), mod(1, text=8000, data=4000, rodata=4000, init_text=4000),
+               ("vfree", 1, 0), ("module_init_free", 1, 0)])
+    r = run(t, policy, dm=ALL_4K)
+    load, init_free = r.per_op["module_load"], r.per_op["module_init_free"]
+    # THEN the load's CPAs find nothing queued; do_init_module's first set_memory_ro (rodata again,
+    # 6.12+ module_enable_rodata_ro(mod, true)) purges the copy with one ranged flush (6 pages),
+    # and do_free_init's reset-perms vfree purges the init text area with a full flush (7.2: the
+    # init text goes back to the ROX cache, no vmap area is freed)
+    assert load["emu_vmap_purges"] == 0
+    assert (init_free["emu_vmap_purges"], init_free["emu_flush_tlb_kernel_range"]) == (1 + init_area_purges, 1)
 
 
 def test_61_module_splits_happen_the_first_time_cpa_touches_a_large_region(trace, mod):

@@ -185,6 +185,12 @@ def guest_module_case() -> list[str]:
         f"{i}4.573018: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc900003dd000 "
         "va_end=0xffffc900003e1000",
         f"{i}4.573099: module_load: crc32c_generic ",
+        # do_init_module: module_enable_ro(mod, true); its purge flushes the freed copy
+        f"{i}4.573200: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0203000 npages=1",
+        f"{i}4.573210: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffffffffffffffff end=0x0",
+        f"{i}4.573220: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0xffffc900003dd000 "
+        "end=0xffffc900003e1000",
+        f"{i}4.573230: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_kernel_range_flush+0x0/0x30",
         "init-1 [000] ..... 4.591352: tracing_mark_write: GT vmstat direct_map_level2_splits 2 "
         "direct_map_level3_splits 0 ",
         "kworker/1:2-54 [001] ..... 4.6: free_va: (free_vmap_area_noflush+0x0/0x340) "
@@ -209,9 +215,9 @@ def test_guest_module_protocol(tmp_path):
     # WHEN the 6.1 guest's kprobe trace of one module is imported
     summary, trace, obs = run(tmp_path, guest_module_case())
     # THEN the module's two module_alloc areas became one module_load with its 6.1 section sizes,
-    # placed where load_module ends (after it freed its copy of the .ko), before the init runs
+    # placed where load_module allocated them: before its patching and the vfree of its .ko copy
     ops = trace["op"].to_list()
-    assert ops == ["vmalloc", "text_patch", "vfree", "module_load", "module_init_free", "module_unload"]
+    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init_free", "module_unload"]
     load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
     assert load["owner"] == "crc32c_generic"
     assert {c: load[c] for c in SECTION_COLUMNS} == {
@@ -226,7 +232,9 @@ def test_guest_module_protocol(tmp_path):
         ("flush_tlb_all", "module_load"): 1, ("cpa_flush", "module_load"): 1,
         ("sync_core", "text_patch"): 1,
         ("direct_map_level2_splits", "module_load"): 1,
-        ("vmap_purge", "module_init_free"): 1, ("flush_tlb_all", "module_init_free"): 1,
+        # do_init_module's purge of the copy: charged to the init free, where the emulator replays it
+        ("vmap_purge", "module_init_free"): 2, ("flush_tlb_kernel_range", "module_init_free"): 1,
+        ("flush_tlb_all", "module_init_free"): 1,
         ("vmap_purge", "module_unload"): 1, ("flush_tlb_all", "module_unload"): 1,
     }
     assert summary.metadata["kernel_release"] == "6.1.0-56-amd64"
@@ -285,3 +293,115 @@ def test_reset_fallback_flush_is_not_a_purge(tmp_path):
     # WHEN imported THEN the flush is observed, the purge is not
     _, _, obs = run(tmp_path, lines)
     assert obs["kind"].to_list() == ["flush_tlb_kernel_range"]
+
+
+def execmem_module_case() -> list[str]:
+    """init.sh on 6.12 (kprobes on execmem_alloc/execmem_free): mbcache's calls from the shared
+    serial log, with one more data area that do_init_module makes read-only (ro_after_init)."""
+    i = "insmod-229 [000] ..... "
+    k = "kworker/0:0-9 [000] ..... "
+
+    def area(t, typ, size, va):
+        end = va + size + 4096
+        return [f"{i}{t}0: module_alloc: (execmem_alloc+0x4/0xe0) type={typ} size={size}",
+                f"{i}{t}1: alloc_va: (alloc_vmap_area+0x0/0xe00) size={size + 4096} align=4096 {EXEC}",
+                f"{i}{t}2: alloc_va_ret: (x <- alloc_vmap_area) va_start={va:#x} va_end={end:#x}",
+                f"{i}{t}3: module_alloc_ret: (load_module+0x75a/0x1e90 <- execmem_alloc) ret={va:#x}"]
+    return [
+        "GT init-uptime 3.1 kernel 6.12.117+deb13-amd64 cpus 2",
+        "init-1 [000] ..... 12.150000: tracing_mark_write: GT insmod kernel/fs/mbcache.ko",
+        f"{i}12.151000: alloc_va: (alloc_vmap_area+0x0/0xe00) size=12288 align=1 {VMAL}",
+        f"{i}12.151001: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc9000006d000 va_end=0xffffc90000070000",
+        *area("12.15210", 0, 4096, 0xffffffffc0244000),      # MOD_TEXT
+        *area("12.15220", 4, 8192, 0xffffffffc0246000),      # MOD_DATA
+        *area("12.15230", 4, 4096, 0xffffffffc0249000),      # MOD_RODATA (set_ro before load)
+        *area("12.15240", 4, 4096, 0xffffffffc024b000),      # MOD_RO_AFTER_INIT (set_ro after load)
+        *area("12.15250", 0, 4096, 0xffffffffc024d000),      # MOD_INIT_TEXT
+        *area("12.15260", 4, 8192, 0xffffffffc024f000),      # MOD_INIT_DATA
+        f"{i}12.153047: set_ro: (set_memory_ro+0x4/0x40) addr=0xffffffffc0249000 npages=1",
+        f"{i}12.153297: set_nx: (set_memory_nx+0x4/0x50) addr=0xffffffffc0246000 npages=2",
+        f"{i}12.153350: set_nx: (set_memory_nx+0x4/0x50) addr=0xffffffffc0249000 npages=1",
+        f"{i}12.153351: set_nx: (set_memory_nx+0x4/0x50) addr=0xffffffffc024b000 npages=1",
+        f"{i}12.153362: set_nx: (set_memory_nx+0x4/0x50) addr=0xffffffffc024f000 npages=2",
+        f"{i}12.153377: set_rox: (set_memory_rox+0x4/0x50) addr=0xffffffffc0244000 npages=1",
+        f"{i}12.153472: set_rox: (set_memory_rox+0x4/0x50) addr=0xffffffffc024d000 npages=1",
+        f"{i}12.156000: free_va: (free_vmap_area_noflush+0x0/0x1b0) va_start=0xffffc9000006d000 "
+        "va_end=0xffffc90000070000",
+        f"{i}12.156250: module_load: mbcache ",
+        f"{i}12.156504: set_ro: (set_memory_ro+0x4/0x40) addr=0xffffffffc0249000 npages=1",
+        f"{i}12.156510: set_ro: (set_memory_ro+0x4/0x40) addr=0xffffffffc024b000 npages=1",
+        f"{k}12.170000: module_memfree: (execmem_free+0x4/0x50) addr=0xffffffffc024d000",
+        f"{k}12.170001: free_va: (free_vmap_area_noflush+0x0/0x1b0) va_start=0xffffffffc024d000 "
+        "va_end=0xffffffffc024f000",
+        f"{k}12.170002: on_each_cpu: (smp_call_function_many_cond+0x0/0x4c0) func=do_flush_tlb_all+0x0/0x10",
+        f"{k}12.170003: module_memfree: (execmem_free+0x4/0x50) addr=0xffffffffc024f000",
+        f"{k}12.170004: free_va: (free_vmap_area_noflush+0x0/0x1b0) va_start=0xffffffffc024f000 "
+        "va_end=0xffffffffc0252000",
+        f"{k}12.170005: on_each_cpu: (smp_call_function_many_cond+0x0/0x4c0) func=do_flush_tlb_all+0x0/0x10",
+        f"{k}12.170006: module_memfree: (execmem_free+0x4/0x50) addr=0x0",
+    ]
+
+
+def test_6_4_module_areas_get_their_mod_mem_type(tmp_path):
+    # WHEN a 6.4+ module load (one execmem area per non-empty mod_mem_type) is imported
+    summary, trace, obs = run(tmp_path, execmem_module_case())
+    # THEN each area's size lands in its type's column: text areas in enum order, the first
+    # data area MOD_DATA, the one made read-only before the load MOD_RODATA, the writable one
+    # made read-only by do_init_module MOD_RO_AFTER_INIT, the last MOD_INIT_DATA
+    load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
+    assert {c: load[c] for c in SECTION_COLUMNS} == {
+        "text_size": 4096, "data_size": 8192, "rodata_size": 4096, "ro_after_init_size": 4096,
+        "init_text_size": 4096, "init_data_size": 8192, "init_rodata_size": 0}
+    # AND the load sits before the vfree of its .ko copy; do_free_init's two areas make one init free
+    assert trace["op"].to_list() == ["vmalloc", "module_load", "vfree", "module_init_free"]
+    assert by_op(obs)[("flush_tlb_all", "module_init_free")] == 2
+
+
+def test_tracer_setup_before_gt_start_is_not_workload(tmp_path):
+    # GIVEN an init.sh log: events enabled, the kprobe optimizer's batch before "GT start"
+    # (its sync rounds partly unseen), then one batch of the workload
+    lines = [
+        "GT enabled: csd:csd_queue_cpu gt:text_poke_bp_batch gt:on_each_cpu",
+        "init-1 [000] ..... 1.0: text_poke_bp_batch: (text_poke_bp_batch+0x0/0x300) nr=1",
+        "init-1 [000] ..... 1.1: csd_queue_cpu: cpu=1 callsite=x func=do_sync_core csd=0",
+        "init-1 [000] ..... 2.0: tracing_mark_write: GT start",
+        "init-1 [000] ..... 3.0: text_poke_bp_batch: (text_poke_bp_batch+0x0/0x300) nr=2",
+        *[f"init-1 [000] ..... 3.{j}: csd_queue_cpu: cpu=1 callsite=x func=do_sync_core csd=0" for j in (1, 2, 3)],
+    ]
+    summary, trace, obs = run(tmp_path, lines)
+    # THEN only the workload's batch and its 3 sync rounds are kept; the setup is counted as unused
+    assert trace["op"].to_list() == ["text_patch"] and trace["patch_sites"].to_list() == [2]
+    assert by_op(obs) == {("sync_core", "text_patch"): 3}
+    assert summary.unused["tracer setup before GT start"] == 2
+
+
+def test_7_2_batch_finish_with_nothing_queued_is_no_batch(tmp_path):
+    # GIVEN 7.2's probe on smp_text_poke_batch_finish (no nr): one call with sync rounds, one without
+    p = "insmod-9 [000] ..... "
+    lines = [f"{p}1.0: text_poke_bp_batch: (smp_text_poke_batch_finish+0x4/0x5f0)",
+             *[f"{p}1.{j}: csd_queue_cpu: cpu=1 callsite=x func=do_sync_core csd=0" for j in (1, 2, 3)],
+             f"{p}2.0: text_poke_bp_batch: (smp_text_poke_batch_finish+0x4/0x5f0)",
+             f"{p}3.0: module_load: m"]
+    summary, trace, obs = run(tmp_path, lines)
+    # THEN the empty call (smp_text_poke_batch_flush did nothing) is not a text_patch event
+    assert trace.filter(pl.col("op") == "text_patch")["patch_sites"].to_list() == [1]
+    assert by_op(obs)[("sync_core", "text_patch")] == 3
+    assert summary.unused["empty text_poke batch (nothing queued)"] == 1
+
+
+def test_6_4_writable_area_made_read_only_after_init_is_ro_after_init(tmp_path):
+    # GIVEN a module without init text: text, data, and a writable area that may be
+    # MOD_RO_AFTER_INIT or MOD_INIT_DATA until do_init_module's set_memory_ro tells
+    i = "insmod-5 [000] ..... "
+    lines = []
+    for n, (typ, va) in enumerate(((0, 0xffffffffc0244000), (4, 0xffffffffc0246000), (4, 0xffffffffc0248000))):
+        lines += [f"{i}1.{n}0: module_alloc: (execmem_alloc+0x4/0xe0) type={typ} size=4096",
+                  f"{i}1.{n}1: alloc_va: (alloc_vmap_area+0x0/0xe00) size=8192 align=4096 {EXEC}",
+                  f"{i}1.{n}2: alloc_va_ret: (x <- alloc_vmap_area) va_start={va:#x} va_end={va + 8192:#x}",
+                  f"{i}1.{n}3: module_alloc_ret: (load_module+0x75a/0x1e90 <- execmem_alloc) ret={va:#x}"]
+    lines += [f"{i}2.0: module_load: m", f"{i}2.1: set_ro: (set_memory_ro+0x4/0x40) addr=0xffffffffc0248000 npages=1"]
+    _, trace, _ = run(tmp_path, lines)
+    # THEN the load's sections are back-patched: the area is MOD_RO_AFTER_INIT
+    load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
+    assert (load["text_size"], load["data_size"], load["ro_after_init_size"], load["init_data_size"]) == (
+        4096, 4096, 4096, 0)

@@ -12,6 +12,7 @@ method          6.18 host tracepoints                                     6.1 gu
 ``flush``       ``csd:csd_queue_cpu func=``, one round per sender         ``gt:on_each_cpu func=``
 ``text_poke``   --                                                        ``gt:text_poke_bp_batch nr=``
 ``module_*``    ``module:module_load`` / ``module_free``                  same
+``execmem``     --                                                        ``gt:module_alloc`` on ``execmem_alloc`` (6.4+)
 ``mark``        ``ftrace:print`` (``trace_marker``)                       same
 ==============  =======================================================  ==========================================
 
@@ -23,7 +24,8 @@ What becomes a trace event (policy-neutral: what the workload asked for):
   are how one kernel served a workload op, so they never become events
   themselves: they are attributed to a ``bpf_prog_load`` (``GT load i``
   markers or recorded ``bpf(2)`` load times), a ``module_load`` (the
-  ``module:module_load`` tracepoint closing the loading task's window), or,
+  ``module:module_load`` tracepoint closing the loading task's window; the
+  event takes the place of the window's first allocation), or,
   failing both, an ``exec_alloc`` with no owner;
 - each ``text_poke_bp_batch`` -> one ``text_patch`` event (``patch_sites``
   = sites in the batch), because the batches, not the sites, cost IPIs.
@@ -97,6 +99,11 @@ WARMUP_ID_BASE = 1 << 40
 CASE_ID_STRIDE = 1_000_000
 _GT_VMSTAT = re.compile(r"(direct_map_level[23]_(?:splits|collapses)) (\d+)")
 
+#: include/linux/execmem.h ``enum execmem_type`` values the module loader uses.
+EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA = 0, 4
+#: include/linux/module.h ``enum mod_mem_type`` (= SECTION_COLUMNS order).
+MOD_TEXT, MOD_DATA, MOD_RODATA, MOD_RO_AFTER_INIT, MOD_INIT_TEXT, MOD_INIT_DATA, MOD_INIT_RODATA = range(7)
+
 # event tuple layout (a list, back-patched): ts, cpu, op, id, size, owner, *sections, patch_sites
 _N_SECT = len(SECTION_COLUMNS)
 
@@ -108,6 +115,7 @@ class _Window:
     rows: list[int] = field(default_factory=list)    # placeholder event rows, one per area
     areas: list[tuple[int, int]] = field(default_factory=list)  # (va_start, traced size)
     setmem: list[tuple[str, int, int]] = field(default_factory=list)  # (set_memory_*, addr, npages)
+    execmem: list[tuple[int, int, int]] = field(default_factory=list)  # 6.4+: (execmem type, addr, bytes)
 
 
 class KernelEventConverter:
@@ -158,6 +166,13 @@ class KernelEventConverter:
         # pid -> (ts, start, end) of a kprobe purge awaiting its flush
         self._pending_purge: dict[int, tuple[int, int, int]] = {}
         self._pending_alloc: dict[int, tuple[int, int]] = {}  # pid -> (size, vstart) awaiting kretprobe
+        self._pending_poke: dict[int, tuple[int, int]] = {}   # pid -> (ts, cpu) of a batch of unknown nr
+        self._pending_execmem: dict[int, tuple[int, int]] = {}  # pid -> (execmem type, size) awaiting ret
+        #: 6.4+ module memory: address -> [mod_mem_type index, module id, module_load row]
+        self._modmem: dict[int, list[int]] = {}
+        self._init_free_rows: dict[int, int] = {}   # module id -> its module_init_free row
+        self._do_init: dict[int, int] = {}          # pid -> module id whose do_init_module it runs
+        self._after_init: dict[int, list[int]] = {}  # module id -> observations awaiting its init free
         self._splits: dict[str, int] = {}
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
@@ -215,6 +230,21 @@ class KernelEventConverter:
             self.unused[f"{kind} before the first workload event"] += 1
             return
         self.obs.append((ts, kind, value, row))
+
+    def observe_for(self, ts: int, kind: str, pid: int | None, comm: str) -> None:
+        """Observe one round of work done by ``pid``, charged by :meth:`charge`.
+
+        do_init_module's work after the ``module_load`` tracepoint (the
+        after-init ``set_memory_ro``, whose purge flushes the module's freed
+        copy) is charged to the module's ``module_init_free`` once that is
+        seen: the emulator replays it there, after the copy's vfree.
+        """
+        row = self.charge(pid, comm)
+        mid = self._do_init.get(pid)
+        if mid is not None and row is not None and row == self._sticky.get(pid) \
+                and self.events[row][2] == "module_load" and mid not in self._init_free_rows:
+            self._after_init.setdefault(mid, []).append(len(self.obs))
+        self.observe(ts, kind, 1, row)
 
     def counts(self, pid: int, comm: str) -> bool:
         """Whether an event of this task belongs to the workload (gt_bpf.py's rule)."""
@@ -381,9 +411,50 @@ class KernelEventConverter:
             self._sticky[pid] = self._module_unload_rows.get(id_, self._last_module_row)
             self._last[pid] = None
         elif kind == "module_init":
-            self._emit(ts, cpu, "module_init_free", id_, pid=pid)     # do_free_init()
+            self._init_free(ts, cpu, pid, id_)
         else:
             self._emit(ts, cpu, "exec_free", id_, pid=pid)
+
+    def _init_free(self, ts: int, cpu: int, pid: int, mid: int) -> None:
+        """``do_free_init`` freeing module ``mid``'s init memory: one ``module_init_free`` event
+        for all its init areas (6.4+ frees up to three, one after another, in the same work)."""
+        row = self._init_free_rows.get(mid)
+        if row is None:
+            row = self._init_free_rows[mid] = self._emit(ts, cpu, "module_init_free", mid, pid=pid)
+            for i in self._after_init.pop(mid, ()):
+                self.obs[i] = (*self.obs[i][:3], row)
+        else:
+            self._sticky[pid] = row
+            self._last[pid] = None
+
+    def execmem_alloc_entry(self, ts: int, cpu: int, pid: int, type_: int, size: int) -> None:
+        """kprobe ``execmem_alloc(type, size)`` (6.4+ ``module_memory_alloc``; the kretprobe gives the address).
+
+        The first module allocation opens the loading task's window: on 7.2
+        module text comes from the ROX cache without a vmap area of its own.
+        """
+        self._pending_execmem[pid] = (type_, size)
+        if type_ in (EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA):
+            w = self._windows.setdefault(pid, _Window())
+            if not w.rows:
+                self._next_exec += 1
+                w.rows.append(self._emit(ts, cpu, "exec_alloc", self._next_exec, size, pid=pid))
+
+    def execmem_alloc_return(self, pid: int, addr: int) -> None:
+        entry = self._pending_execmem.pop(pid, None)
+        if entry is not None and entry[0] in (EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA) and addr:
+            self._windows.setdefault(pid, _Window()).execmem.append((entry[0], addr, entry[1]))
+
+    def execmem_free(self, ts: int, cpu: int, pid: int, comm: str, addr: int) -> None:
+        """kprobe ``execmem_free(addr)``: 6.4+ ``free_mod_mem``/``do_free_init``.  Init text from the
+        7.2 ROX cache has no vmap area of its own, so this, not ``free_vmap_area_noflush``, is
+        where its module's init memory is freed."""
+        self.advance(ts)
+        info = self._modmem.pop(addr, None)
+        if info is None or not self.counts(pid, comm):
+            return
+        if info[0] >= MOD_INIT_TEXT:
+            self._init_free(ts, cpu, pid, info[1])
 
     def purge(self, ts: int, pid: int, comm: str, flushed: bool) -> None:
         """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
@@ -394,7 +465,7 @@ class KernelEventConverter:
         if not self.counts(pid, comm):
             self.unused["purge by another task"] += 1
         elif flushed:
-            self.observe(ts, "vmap_purge", 1, self.charge(pid, comm))
+            self.observe_for(ts, "vmap_purge", pid, comm)
 
     def purge_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
         """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
@@ -439,12 +510,14 @@ class KernelEventConverter:
         """One cross-CPU call round (``on_each_cpu_cond_mask``) running ``func``."""
         kind = FLUSH_KINDS.get(func)
         self.observable.update(FLUSH_KINDS.values())
+        if kind == "sync_core" and (poke := self._pending_poke.pop(pid, None)) is not None:
+            self._emit(poke[0], poke[1], "text_patch", 0, patch_sites=1, pid=pid)
         if kind is None:
             self.unused[f"cross-CPU call {func}"] += 1
         elif not self.counts(pid, comm):
             self.unused[f"{kind} by another task"] += 1
         else:
-            self.observe(ts, kind, 1, self.charge(pid, comm))
+            self.observe_for(ts, kind, pid, comm)
 
     def set_memory(self, pid: int, which: str, addr: int, npages: int) -> None:
         """kprobe ``set_memory_{ro,nx,x,rw}``: kept to decode module section sizes."""
@@ -452,11 +525,36 @@ class KernelEventConverter:
         self._last[pid] = None
         if (w := self._windows.get(pid)) is not None:
             w.setmem.append((which, addr, npages))
+        elif which == "set_ro" and (info := self._modmem.get(addr)) and info[0] == MOD_INIT_DATA:
+            # do_init_module's module_enable_rodata_ro_after_init: this writable area, which the
+            # load could not tell from init data, is MOD_RO_AFTER_INIT
+            t, mid, row = info
+            i0, i1 = 6 + MOD_INIT_DATA, 6 + MOD_RO_AFTER_INIT
+            size = min(self.events[row][i0], npages * PAGE_SIZE)
+            self.events[row][i0] -= size
+            self.events[row][i1] += size
+            info[0] = MOD_RO_AFTER_INIT
+            if addr in self._exec:
+                self._exec[addr] = ("module_core", mid)
 
-    def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int) -> None:
-        """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites."""
+    def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int | None) -> None:
+        """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites.
+
+        ``nr=None``: the 7.2 probe on ``smp_text_poke_batch_finish``, which
+        also fires with nothing queued (``smp_text_poke_batch_flush`` only
+        processes a non-empty ``text_poke_array``; 40 such calls in the 7.2
+        module run, one per load).  Such a batch is kept pending and becomes a
+        one-site ``text_patch`` only when its first ``do_sync_core`` round
+        follows (:meth:`on_each_cpu`).
+        """
         self.advance(ts)
-        if self.counts(pid, comm):
+        if not self.counts(pid, comm):
+            return
+        if self._pending_poke.pop(pid, None) is not None:
+            self.unused["empty text_poke batch (nothing queued)"] += 1
+        if nr is None:
+            self._pending_poke[pid] = (ts, cpu)
+        else:
             self._emit(ts, cpu, "text_patch", 0, patch_sites=nr, pid=pid)
 
     def module_load(self, ts: int, cpu: int, pid: int, name: str) -> None:
@@ -470,17 +568,33 @@ class KernelEventConverter:
             row = self._emit(ts, cpu, "module_load", mid, 0, name, pid=pid)
             self.unused["module_load without traced allocations"] += 1
         else:
-            # The event goes here, at the end of load_module, not at its first allocation: the
-            # kernel frees the module's copy (vfree in load_module) before do_init_module's
-            # after-init set_memory_ro, and the order decides which purge flushes it.  The
-            # work done since the first allocation is charged to this event.
-            sections, kinds = _module_sections(w)
-            row = self._emit(ts, cpu, "module_load", mid, sum(sections), name, tuple(sections), pid=pid)
-            for r in w.rows:
+            # The event goes where load_module allocated the module's first area, so that the
+            # vfree of the module's copy (load_module's free_copy, after complete_formation)
+            # follows it as in the kernel.  The work done since that allocation is charged to
+            # it; what do_init_module does after this tracepoint (the after-init
+            # set_memory_ro) to the module's init free (see observe_for).
+            if w.execmem:
+                types = _mod_mem_types(w)
+                sections = [0] * _N_SECT
+                for t, (_, _, size) in zip(types, w.execmem):
+                    sections[t] += size
+                by_addr = {addr: t for t, (_, addr, _) in zip(types, w.execmem)}
+                kinds = ["module_init" if by_addr.get(va, MOD_TEXT) >= MOD_INIT_TEXT else "module_core"
+                         for va, _ in w.areas]
+            else:
+                sections, kinds = _module_sections(w)
+            row = w.rows[0]
+            self.events[row][2:] = ["module_load", mid, sum(sections), name, *sections, 0]
+            for r in w.rows[1:]:
                 self.events[r][2] = None                # merged into the module_load
                 self._merged[r] = row
+            self._sticky[pid] = row
+            self._do_init[pid] = mid
             for (va, _), kind in zip(w.areas, kinds):
                 self._exec[va] = (kind, mid)
+            if w.execmem:
+                for t, (_, addr, _) in zip(types, w.execmem):
+                    self._modmem[addr] = [t, mid, row]
         self._last_module_row = row
 
     def module_free(self, ts: int, cpu: int, pid: int, name: str) -> None:
@@ -498,6 +612,8 @@ class KernelEventConverter:
         """Close open windows and return (trace table, observations table)."""
         self.advance(1 << 63)
         self._flush_bpf(self.last_ts)
+        self.unused["empty text_poke batch (nothing queued)"] += len(self._pending_poke)
+        self._pending_poke.clear()
         for pid in list(self._pending_purge):
             self._end_purge(pid, "")
         keep = [i for i, e in enumerate(self.events) if e[2] is not None]
@@ -547,6 +663,38 @@ class KernelEventConverter:
         for k, v in zip(observed.column("kind").to_pylist(), observed.column("value").to_pylist()):
             out[k] += v
         return dict(sorted(out.items()))
+
+
+def _mod_mem_types(w: _Window) -> list[int]:
+    """The ``mod_mem_type`` of each 6.4+ module allocation of a window.
+
+    ``move_module`` calls ``execmem_alloc`` once per non-empty type in enum
+    order (``for_each_mod_mem_type``): text types get ``EXECMEM_MODULE_TEXT``
+    (MOD_TEXT, then MOD_INIT_TEXT), the others ``EXECMEM_MODULE_DATA``.
+    MOD_DATA always exists (it holds ``struct module``), so it is the first
+    data area; ``complete_formation``'s ``module_enable_rodata_ro`` calls
+    ``set_memory_ro`` on MOD_RODATA and MOD_INIT_RODATA before the
+    ``module_load`` tracepoint.  Another writable data area is
+    MOD_RO_AFTER_INIT if MOD_INIT_TEXT follows it, else MOD_INIT_DATA until
+    ``do_init_module`` makes it read-only (see
+    :meth:`KernelEventConverter.set_memory`).
+    """
+    ro = {a for k, a, _ in w.setmem if k == "set_ro"}
+    etypes = [e[0] for e in w.execmem]
+    out, texts = [], 0
+    for i, (etype, addr, _) in enumerate(w.execmem):
+        if etype == EXECMEM_MODULE_TEXT:
+            out.append(MOD_TEXT if texts == 0 else MOD_INIT_TEXT)
+            texts += 1
+        elif MOD_DATA not in out:
+            out.append(MOD_DATA)
+        elif addr in ro:
+            out.append(MOD_INIT_RODATA if texts > 1 or MOD_RODATA in out else MOD_RODATA)
+        elif texts == 1 and EXECMEM_MODULE_TEXT in etypes[i + 1:]:
+            out.append(MOD_RO_AFTER_INIT)
+        else:
+            out.append(MOD_INIT_DATA)
+    return out
 
 
 def _module_sections(w: _Window) -> tuple[tuple[int, ...], list[str]]:
