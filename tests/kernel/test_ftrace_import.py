@@ -405,3 +405,33 @@ def test_6_4_writable_area_made_read_only_after_init_is_ro_after_init(tmp_path):
     load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
     assert (load["text_size"], load["data_size"], load["ro_after_init_size"], load["init_data_size"]) == (
         4096, 4096, 4096, 0)
+
+
+def test_kernel_state_before_the_workload_is_replayed(tmp_path):
+    # GIVEN an init.sh 6.1 log: during the tracer's setup a 4-page stack is allocated and another
+    # area freed (5 pages, still queued at "GT start"); then a kworker frees the stack and an
+    # area allocated before tracing (kprobe va_end known) while insmod relocates, before its first CPA
+    i, k = "insmod-7 [000] ..... ", "kworker/0:1-9 [000] ..... "
+    lines = [
+        "GT enabled: gt:alloc_va gt:alloc_va_ret gt:free_va",
+        f"init-3 [000] ..... 1.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=16384 align=16384 {VMAL}",
+        "init-3 [000] ..... 1.1: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000010000 "
+        "va_end=0xffffc90000014000",
+        "init-3 [000] ..... 1.2: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc90000020000 "
+        "va_end=0xffffc90000025000",
+        "init-1 [000] ..... 2.0: tracing_mark_write: GT start",
+        f"{i}3.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=8192 align=4096 {EXEC}",
+        f"{i}3.1: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffffffc0203000 va_end=0xffffffffc0205000",
+        f"{k}3.2: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc90000010000 va_end=0xffffc90000014000",
+        f"{k}3.3: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc90000030000 va_end=0xffffc90000032000",
+        f"{i}3.4: set_ro: (set_memory_ro+0x0/0x30) addr=0xffffffffc0203000 npages=1",
+        f"{i}3.5: module_load: m",
+    ]
+    summary, trace, _ = run(tmp_path, lines)
+    # THEN the 5 pages queued at the start are one warmup vmalloc + vfree, each area freed by the
+    # kworker is a vmalloc + vfree of its size, and the load sits at its first CPA, after them
+    assert summary.metadata["warmup_events"] == "2"
+    assert trace.select("op", "size").rows() == [
+        ("vmalloc", 4 * 4096), ("vfree", 0),                         # warmup: 5 pages incl. guard
+        ("vmalloc", 3 * 4096), ("vfree", 0), ("vmalloc", 4096), ("vfree", 0),
+        ("module_load", 4096)]

@@ -61,6 +61,11 @@ _DUPLICATES = {
 }
 
 
+#: Events still followed while the tracer sets itself up (vmap areas and purges).
+_VMAP_EVENTS = frozenset(("alloc_vmap_area", "free_vmap_area_noflush", "purge_vmap_area_lazy",
+                          "alloc_va", "alloc_va_ret", "free_va", "purge", "flush_krange"))
+
+
 class Malformed(ValueError):
     """A line of a known event whose fields do not parse (the documented error)."""
 
@@ -200,7 +205,7 @@ class FtraceParser:
             elif s.startswith("GT enabled:"):
                 # init.sh prints this before its trace dump; everything the dump holds before
                 # "GT start" is the tracer arming itself (see _event).
-                self.setup = True
+                self.setup = self.conv.setup = True
                 # Guests >= 6.2 trace both; the tracepoints win (exact num_purged, per-CPU CSDs).
                 for tracepoint, kprobes in _DUPLICATES.items():
                     if tracepoint in parts:
@@ -230,10 +235,11 @@ class FtraceParser:
             # init.sh enables the events one after another, then writes "GT start": what comes
             # before is the tracer's own work (kprobe instruction pages, the kprobe optimizer's
             # text_poke_bp batches), seen only by the events already enabled (on 6.12 the
-            # do_sync_core rounds of the first batches precede the live csd tracepoint).
+            # do_sync_core rounds of the first batches precede the live csd tracepoint).  Only
+            # the vmap areas are followed, for the starting state (KernelEventConverter.setup).
             if ev in ("tracing_mark_write", "print") and body.rstrip().endswith("GT start"):
-                self.setup = False
-            else:
+                self.setup = c.setup = False
+            elif ev not in _VMAP_EVENTS:
                 return "tracer setup before GT start"
         if ev not in ("csd_queue_cpu", "ipi_send_cpu", "ipi_send_cpumask"):
             c.other_event(cpu)
@@ -258,22 +264,23 @@ class FtraceParser:
             if not c.alloc_return(ts, cpu, pid, task, _fields(body, "va_start")[0]):
                 raise Malformed("kretprobe without its alloc_va entry")
         elif ev == "free_va":
-            c.free(ts, cpu, pid, task, _fields(body, "va_start")[0])
+            va_end = _fields(body, "va_end")[0] if "va_end=" in body else None
+            c.free(ts, cpu, pid, task, _fields(body, "va_start")[0], va_end=va_end)
         elif ev == "purge":
             c.purge_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "flush_krange":
             c.kernel_range_flush_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "on_each_cpu":
             c.on_each_cpu(ts, pid, task, _func(body, "func"))
-        elif ev in ("set_ro", "set_x", "set_nx", "set_rw"):
+        elif ev in ("set_ro", "set_x", "set_nx", "set_rw", "set_rox"):
             addr, npages = _fields(body, "addr", "npages")
-            c.set_memory(pid, ev, addr, npages)
+            c.set_memory(ts, cpu, pid, ev, addr, npages)
         elif ev == "module_alloc" and "type=" in body:       # 6.4+: the probe sits on execmem_alloc
-            c.execmem_alloc_entry(ts, cpu, pid, *_fields(body, "type", "size"))
+            return c.execmem_alloc_entry(ts, cpu, pid, *_fields(body, "type", "size"))
         elif ev == "module_alloc_ret" and "execmem_alloc" in body:
-            c.execmem_alloc_return(pid, _fields(body, "ret")[0])
+            return c.execmem_alloc_return(pid, _fields(body, "ret")[0])
         elif ev == "module_memfree" and "execmem_free" in body:
-            c.execmem_free(ts, cpu, pid, task, _fields(body, "addr")[0])
+            return c.execmem_free(ts, cpu, pid, task, _fields(body, "addr")[0])
         elif ev == "text_poke_bp_batch":
             # 7.2's probe sits on smp_text_poke_batch_finish, without nr (see text_poke).
             c.text_poke(ts, cpu, pid, task, _fields(body, "nr")[0] if "nr=" in body else None)

@@ -116,6 +116,7 @@ class _Window:
     areas: list[tuple[int, int]] = field(default_factory=list)  # (va_start, traced size)
     setmem: list[tuple[str, int, int]] = field(default_factory=list)  # (set_memory_*, addr, npages)
     execmem: list[tuple[int, int, int]] = field(default_factory=list)  # 6.4+: (execmem type, addr, bytes)
+    cpa_row: int | None = None    # placeholder row at the window's first set_memory_* call
 
 
 class KernelEventConverter:
@@ -134,6 +135,10 @@ class KernelEventConverter:
         self._warmup: list[BpfProg] = []
         self.n_warmup = 0
         self.lazy_start: int | None = None         # lazily freed pages queued at start (-1: unknown)
+        #: init.sh logs: the tracer is arming itself ("GT start" not yet seen); only the vmap
+        #: areas are followed then, to know the starting state (sizes, pages queued at the start)
+        self.setup = False
+        self._setup_lazy = 0                       # pages freed lazily in setup since its last purge
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self.events: list[list] = []
@@ -344,6 +349,8 @@ class KernelEventConverter:
         """``alloc_vmap_area`` returned ``va``; ``size`` includes the guard page."""
         self.advance(ts)
         self._area_pages[va] = size // PAGE_SIZE
+        if self.setup:
+            return
         if vstart < EXEC_RANGE_START:
             if not self.counts(pid, comm):
                 self.unused["vmalloc by another task"] += 1
@@ -380,14 +387,23 @@ class KernelEventConverter:
         self.alloc(ts, cpu, pid, comm, va, entry[0], entry[1])
         return True
 
-    def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None) -> None:
+    def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
+             va_end: int | None = None) -> None:
         """``free_vmap_area_noflush``: the area is queued for lazy purge.
 
         ``nr_lazy`` (6.18 tracepoint: ``vmap_lazy_nr`` after adding this area) at the first free
-        tells how many lazily freed pages were already queued when tracing began.
+        tells how many lazily freed pages were already queued when tracing began.  A
+        vmalloc-range area allocated before tracing whose size is known (``va_end`` of the
+        kprobe, or its allocation during the tracer's setup) becomes a ``vmalloc`` + ``vfree``
+        here: its pages join the lazy list now, which decides when the next purge flushes.
         """
         self.advance(ts)
         pages = self._area_pages.pop(va, None)
+        if pages is None and va_end is not None:
+            pages = (va_end - va) // PAGE_SIZE
+        if self.setup:
+            self._setup_lazy += pages or 0
+            return
         if nr_lazy is not None and self.lazy_start is None:
             if pages is None or self._purged_before_first_free:
                 self.lazy_start = -1
@@ -399,7 +415,13 @@ class KernelEventConverter:
             return
         owner = self._exec.pop(va, None)
         if owner is None:
-            self.unused["free of an area allocated before tracing"] += 1
+            if va < EXEC_RANGE_START and pages and self.counts(pid, comm):
+                self._next_vm += 1
+                self._emit(ts, cpu, "vmalloc", self._next_vm, (pages - 1) * PAGE_SIZE, pid=pid)
+                self._emit(ts, cpu, "vfree", self._next_vm, pid=pid)
+                self.unused["vfree of an area allocated before tracing (replayed with its vmalloc)"] += 1
+            else:
+                self.unused["free of an area allocated before tracing"] += 1
             return
         kind, id_ = owner
         if kind == "bpf":
@@ -427,38 +449,48 @@ class KernelEventConverter:
             self._sticky[pid] = row
             self._last[pid] = None
 
-    def execmem_alloc_entry(self, ts: int, cpu: int, pid: int, type_: int, size: int) -> None:
+    def execmem_alloc_entry(self, ts: int, cpu: int, pid: int, type_: int, size: int) -> bool:
         """kprobe ``execmem_alloc(type, size)`` (6.4+ ``module_memory_alloc``; the kretprobe gives the address).
 
         The first module allocation opens the loading task's window: on 7.2
         module text comes from the ROX cache without a vmap area of its own.
+        Returns whether the call was a module's (others are not used).
         """
+        if type_ not in (EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA):
+            return False
         self._pending_execmem[pid] = (type_, size)
-        if type_ in (EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA):
-            w = self._windows.setdefault(pid, _Window())
-            if not w.rows:
-                self._next_exec += 1
-                w.rows.append(self._emit(ts, cpu, "exec_alloc", self._next_exec, size, pid=pid))
+        w = self._windows.setdefault(pid, _Window())
+        if not w.rows:
+            self._next_exec += 1
+            w.rows.append(self._emit(ts, cpu, "exec_alloc", self._next_exec, size, pid=pid))
+        return True
 
-    def execmem_alloc_return(self, pid: int, addr: int) -> None:
+    def execmem_alloc_return(self, pid: int, addr: int) -> bool:
         entry = self._pending_execmem.pop(pid, None)
-        if entry is not None and entry[0] in (EXECMEM_MODULE_TEXT, EXECMEM_MODULE_DATA) and addr:
-            self._windows.setdefault(pid, _Window()).execmem.append((entry[0], addr, entry[1]))
+        if entry is None or not addr:
+            return False
+        self._windows.setdefault(pid, _Window()).execmem.append((entry[0], addr, entry[1]))
+        return True
 
-    def execmem_free(self, ts: int, cpu: int, pid: int, comm: str, addr: int) -> None:
+    def execmem_free(self, ts: int, cpu: int, pid: int, comm: str, addr: int) -> bool:
         """kprobe ``execmem_free(addr)``: 6.4+ ``free_mod_mem``/``do_free_init``.  Init text from the
         7.2 ROX cache has no vmap area of its own, so this, not ``free_vmap_area_noflush``, is
-        where its module's init memory is freed."""
+        where its module's init memory is freed.  Returns whether ``addr`` was a module's."""
         self.advance(ts)
         info = self._modmem.pop(addr, None)
         if info is None or not self.counts(pid, comm):
-            return
+            return False
         if info[0] >= MOD_INIT_TEXT:
             self._init_free(ts, cpu, pid, info[1])
+        return True
 
     def purge(self, ts: int, pid: int, comm: str, flushed: bool) -> None:
         """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
         self.advance(ts)
+        if self.setup:
+            if flushed:
+                self._setup_lazy = 0
+            return
         self.observable.add("vmap_purge")
         if self.lazy_start is None:
             self._purged_before_first_free = True
@@ -519,12 +551,20 @@ class KernelEventConverter:
         else:
             self.observe_for(ts, kind, pid, comm)
 
-    def set_memory(self, pid: int, which: str, addr: int, npages: int) -> None:
-        """kprobe ``set_memory_{ro,nx,x,rw}``: kept to decode module section sizes."""
+    def set_memory(self, ts: int, cpu: int, pid: int, which: str, addr: int, npages: int) -> None:
+        """kprobe ``set_memory_{ro,nx,x,rw,rox}``: kept to decode module section sizes.
+
+        The first call of a window (``complete_formation``; on 7.2 already
+        ``execmem_alloc_rw``) is the first purge of the load: a module's
+        ``module_load`` event goes there (:meth:`module_load`), after what
+        other tasks freed while the loader was still relocating.
+        """
         self._end_purge(pid, "")
-        self._last[pid] = None
         if (w := self._windows.get(pid)) is not None:
             w.setmem.append((which, addr, npages))
+            if w.cpa_row is None and w.rows:
+                w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
+                self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
         elif which == "set_ro" and (info := self._modmem.get(addr)) and info[0] == MOD_INIT_DATA:
             # do_init_module's module_enable_rodata_ro_after_init: this writable area, which the
             # load could not tell from init data, is MOD_RO_AFTER_INIT
@@ -536,6 +576,7 @@ class KernelEventConverter:
             info[0] = MOD_RO_AFTER_INIT
             if addr in self._exec:
                 self._exec[addr] = ("module_core", mid)
+        self._last[pid] = None
 
     def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int | None) -> None:
         """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites.
@@ -568,11 +609,11 @@ class KernelEventConverter:
             row = self._emit(ts, cpu, "module_load", mid, 0, name, pid=pid)
             self.unused["module_load without traced allocations"] += 1
         else:
-            # The event goes where load_module allocated the module's first area, so that the
-            # vfree of the module's copy (load_module's free_copy, after complete_formation)
-            # follows it as in the kernel.  The work done since that allocation is charged to
-            # it; what do_init_module does after this tracepoint (the after-init
-            # set_memory_ro) to the module's init free (see observe_for).
+            # The event goes where load_module's first set_memory_* call purged (else at its
+            # first allocation), so that the vfree of the module's copy (load_module's
+            # free_copy, after complete_formation) follows it as in the kernel.  The work done
+            # since the first allocation is charged to it; what do_init_module does after this
+            # tracepoint (the after-init set_memory_ro) to the module's init free (observe_for).
             if w.execmem:
                 types = _mod_mem_types(w)
                 sections = [0] * _N_SECT
@@ -583,11 +624,13 @@ class KernelEventConverter:
                          for va, _ in w.areas]
             else:
                 sections, kinds = _module_sections(w)
-            row = w.rows[0]
+            row = w.rows[0] if w.cpa_row is None else w.cpa_row
+            self._merged.pop(row, None)
             self.events[row][2:] = ["module_load", mid, sum(sections), name, *sections, 0]
-            for r in w.rows[1:]:
-                self.events[r][2] = None                # merged into the module_load
-                self._merged[r] = row
+            for r in w.rows:
+                if r != row:
+                    self.events[r][2] = None            # merged into the module_load
+                    self._merged[r] = row
             self._sticky[pid] = row
             self._do_init[pid] = mid
             for (va, _), kind in zip(w.areas, kinds):
@@ -650,6 +693,8 @@ class KernelEventConverter:
         zero = [0] * _N_SECT
         rows = [[ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name, *zero, 0]
                 for p in self._warmup]
+        if self.lazy_start is None and self._setup_lazy:
+            self.lazy_start = self._setup_lazy      # kprobe logs: queued during the tracer's setup
         if self.lazy_start and self.lazy_start > 1:
             size = (self.lazy_start - 1) * PAGE_SIZE            # the emulator adds the guard page
             rows += [[ts, 0, "vmalloc", WARMUP_ID_BASE - 1, size, None, *zero, 0],
