@@ -42,13 +42,18 @@ class ExecmemRox(BpfProgPack):
     after_init_rodata: bool = False
     #: 6.15+ ``cpa_collapse_large_pages`` after ``set_memory_rox`` (off = 6.13's cache without collapse).
     collapse: bool = True
+    #: 6.19+ ``vm_area_alloc_pages`` asks the buddy allocator for naturally aligned
+    #: high-order blocks first ("mm/vmalloc: request large order pages from buddy
+    #: allocator"); measured on 7.2: every 2 MiB pack is one aligned pageblock.
+    vmalloc_large_order: bool = False
 
-    PRESETS = {"linux-6.18": {}, "linux-7.2": {}}
+    PRESETS = {"linux-6.18": {}, "linux-7.2": {"vmalloc_large_order": True}}
 
     def attach(self, k) -> None:
         super().attach(k)
         k.cpa_flush_kernel_range = True
         k.cpa_collapse = self.collapse
+        k.pages.vmalloc_large_order = self.vmalloc_large_order
         self.cache_starts: list[int] = []   # free_areas: sorted [start, end) VA pages
         self.cache_ends: list[int] = []
         self.chunks: dict[int, vm_struct] = {}  # chunk addr -> area

@@ -213,9 +213,9 @@ def guest_traces(groundtruth_dir, tmp_path_factory):
     return out
 
 
-def whole_run_splits(path, policy: str, seeds=range(3), **machine) -> list[int]:
+def whole_run_splits(path, policy: str, seeds=range(3), params=None, **machine) -> list[int]:
     m = Machine.from_metadata(read_metadata(path), **machine)
-    return [emulator.replay(path, policies.make(policy), m, s).counters["direct_map_level2_splits"]
+    return [emulator.replay(path, policies.make(policy, params), m, s).counters["direct_map_level2_splits"]
             for s in seeds]
 
 
@@ -244,10 +244,9 @@ def test_module_loads_split_what_the_guests_measured(guest_traces, name, policy,
     assert row["predicted_min"] <= observed <= row["predicted_max"]
 
 
-def test_7_2_packs_with_large_orders_cost_at_most_one_split_each(guest_traces, monkeypatch):
+def test_7_2_packs_with_large_orders_cost_at_most_one_split_each(guest_traces):
     # measured on 7.2: 20 new packs, 15 L2 splits (0.7-1.0 a pack; 6.12, order-0 pages: 1.3-3.3)
     path = guest_traces / "72_bpf.parquet"
-    order0 = whole_run_splits(path, "linux-7.2")
-    monkeypatch.setattr(PageAllocator, "vmalloc_large_order", True)
-    large = whole_run_splits(path, "linux-7.2")
+    order0 = whole_run_splits(path, "linux-7.2", params={"vmalloc_large_order": False})
+    large = whole_run_splits(path, "linux-7.2")  # the 7.2 preset: 6.19+ large-order vmalloc
     assert max(large) <= 21 < min(order0)
