@@ -30,6 +30,8 @@ PAGE_NONE = NX                     # set_direct_map_invalid_noflush: not present
 REGION_PAGES = 512
 KB_PER_REGION = 2048
 _PAGE_TABLES = WASTE_CAUSES.index("page_tables")
+#: Largest CPA (pages) done with Python ints rather than numpy arrays.
+SMALL_CPA = 64
 
 
 class DirectMap:
@@ -53,7 +55,8 @@ class DirectMap:
         self.level = lvl
         self.nr_regions = nr_regions
         self.count = [int((lvl == v).sum()) for v in (LEVEL_4K, LEVEL_2M, LEVEL_1G)]
-        self.ptes: dict[int, np.ndarray] = {}
+        self._level = memoryview(lvl)   # the same bytes, read and written as Python ints
+        self.ptes: dict[int, bytearray] = {}   # region -> 512 PTE protections
         self.large_prot: dict[int, int] = {}
 
     def meminfo_kb(self) -> dict[str, int]:
@@ -76,10 +79,10 @@ class DirectMap:
 
     def _split_2m(self, k, region: int, prot: int) -> None:
         """``__split_large_page`` of a 2M leaf into 512 4K PTEs of the same prot: level-2 split."""
-        self.level[region] = LEVEL_4K
+        self._level[region] = LEVEL_4K
         self.count[1] -= 1
         self.count[0] += 1
-        self.ptes[region] = np.full(REGION_PAGES, prot, np.uint8)
+        self.ptes[region] = bytearray((prot,)) * REGION_PAGES
         self.large_prot.pop(region, None)
         k.stat["direct_map_level2_splits"] += 1
         k.waste(_PAGE_TABLES, 4096)
@@ -87,35 +90,54 @@ class DirectMap:
 
     # -- CPA on the direct map ------------------------------------------------
 
-    def change(self, k, pfns: np.ndarray, mask_set: int, mask_clr: int, whole_large: bool = False) -> bool:
+    def change(self, k, pfns, mask_set: int, mask_clr: int, whole_large: bool = False) -> bool:
         """Apply ``(prot & ~mask_clr) | mask_set`` to the direct-map PTEs of ``pfns``; True if any changed.
 
         ``__change_page_attr`` per page (the alias CPA of a 4K vmalloc primary
-        runs one page at a time).  A large leaf whose protection would not
-        change is kept; otherwise it is split (``__should_split_large_page``)
-        unless ``whole_large`` says the request covers a whole 2M leaf (the
-        alias of a PMD-mapped, physically contiguous primary), which is then
-        updated in place.  A 1G leaf is first split to 2M.
+        runs one page at a time), regions in address order.  A large leaf
+        whose protection would not change is kept; otherwise it is split
+        (``__should_split_large_page``) unless ``whole_large`` says the
+        request covers a whole 2M leaf (the alias of a PMD-mapped,
+        physically contiguous primary), which is then updated in place.  A
+        1G leaf is first split to 2M.  ``pfns`` is a list of ints or an
+        int64 array; up to :data:`SMALL_CPA` pages go through Python ints
+        (numpy's per-call cost dominates there), larger ones through numpy.
         """
         keep = 7 & ~mask_clr
-        if len(pfns) == 1:                               # the common case: one page, no numpy grouping
-            pfn = int(pfns[0])
-            return self._change_region(k, pfn >> 9, pfn & 511, 1, keep, mask_set, False)
+        if len(pfns) > SMALL_CPA:
+            return self._change_array(k, np.asarray(pfns, np.int64), keep, mask_set, whole_large)
+        pl = pfns.tolist() if isinstance(pfns, np.ndarray) else pfns
+        if len(pl) <= 1:
+            return bool(pl) and self._change_region(k, pl[0] >> 9, [pl[0] & 511], keep, mask_set, whole_large)
+        r = pl[0] >> 9
+        if (min(pl) >> 9) == (max(pl) >> 9) == r:         # the common case: one region
+            return self._change_region(k, r, [p & 511 for p in pl], keep, mask_set, whole_large)
+        groups: dict[int, list[int]] = {}
+        for p in pl:
+            groups.setdefault(p >> 9, []).append(p & 511)
+        changed = False
+        for r in sorted(groups):
+            if self._change_region(k, r, groups[r], keep, mask_set, whole_large):
+                changed = True
+        return changed
+
+    def _change_array(self, k, pfns: np.ndarray, keep: int, mask_set: int, whole_large: bool) -> bool:
+        """:meth:`change` of many pages: regions grouped by a stable sort."""
         regs = pfns >> 9
         if regs[0] == regs[-1] and (regs == regs[0]).all():
-            return self._change_region(k, int(regs[0]), pfns & 511, len(pfns), keep, mask_set, whole_large)
+            return self._change_region(k, int(regs[0]), pfns & 511, keep, mask_set, whole_large)
         order = np.argsort(regs, kind="stable")
         sr = regs[order]
         cut = np.flatnonzero(sr[1:] != sr[:-1]) + 1
         changed = False
         for g in np.split(pfns[order], cut):
-            if self._change_region(k, int(g[0]) >> 9, g & 511, len(g), keep, mask_set, whole_large):
+            if self._change_region(k, int(g[0]) >> 9, g & 511, keep, mask_set, whole_large):
                 changed = True
         return changed
 
-    def _change_region(self, k, r: int, offs, count: int, keep: int, mask_set: int, whole_large: bool) -> bool:
-        """``__change_page_attr`` for the pages at ``offs`` (an int or an array) of 2 MiB region ``r``."""
-        level = self.level[r]
+    def _change_region(self, k, r: int, offs, keep: int, mask_set: int, whole_large: bool) -> bool:
+        """``__change_page_attr`` for the pages at ``offs`` (a list of ints or an array) of 2 MiB region ``r``."""
+        level = self._level[r]
         if level != LEVEL_4K:
             old = self.large_prot.get(r, PAGE_KERNEL) if level == LEVEL_2M else PAGE_KERNEL
             req = (old & keep) | mask_set
@@ -123,16 +145,26 @@ class DirectMap:
                 return False                             # no change: the large page is kept
             if level == LEVEL_1G:
                 self._split_1g(k, r)
-            if whole_large and count == REGION_PAGES:    # whole 2M leaf: updated in place
+            if whole_large and len(offs) == REGION_PAGES:  # whole 2M leaf: updated in place
                 if req == PAGE_KERNEL:
                     self.large_prot.pop(r, None)
                 else:
                     self.large_prot[r] = req
                 return True
             self._split_2m(k, r, old)
-        arr = self.ptes.get(r)
-        if arr is None:
-            arr = self.ptes[r] = np.full(REGION_PAGES, PAGE_KERNEL, np.uint8)
+        ptes = self.ptes.get(r)
+        if ptes is None:
+            ptes = self.ptes[r] = bytearray((PAGE_KERNEL,)) * REGION_PAGES
+        if isinstance(offs, list):
+            changed = False
+            for o in offs:
+                old = ptes[o]
+                new = (old & keep) | mask_set
+                if new != old:
+                    ptes[o] = new
+                    changed = True
+            return changed
+        arr = np.frombuffer(ptes, np.uint8)
         sub = arr[offs]
         new = (sub & keep) | mask_set
         if (new != sub).any():

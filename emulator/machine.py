@@ -169,6 +169,7 @@ class Kernel:
         self.waste_peak = [0] * len(WASTE_CAUSES)
         self.waste_integral = [0] * len(WASTE_CAUSES)
         self.waste_peak_total = 0
+        self.waste_total = 0          # sum(waste_live)
         self._waste_ts = None
         self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng)
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
@@ -192,18 +193,17 @@ class Kernel:
         """Change live waste of ``WASTE_CAUSES[cause]`` by ``delta`` bytes at time ``self.now``."""
         now = self.now
         last = self._waste_ts
+        if last is None or now > last:
+            if last is not None:
+                dt = now - last
+                self.waste_integral = [a + v * dt for a, v in zip(self.waste_integral, self.waste_live)]
+            self._waste_ts = now
         live = self.waste_live
-        if last is not None and now > last:
-            dt = now - last
-            integ = self.waste_integral
-            for i in range(len(live)):
-                integ[i] += live[i] * dt
-        self._waste_ts = now if last is None or now > last else last
         v = live[cause] + delta
         live[cause] = v
         if v > self.waste_peak[cause]:
             self.waste_peak[cause] = v
-        total = sum(live)
+        total = self.waste_total = self.waste_total + delta
         if total > self.waste_peak_total:
             self.waste_peak_total = total
 

@@ -18,12 +18,11 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from itertools import compress, count
 from operator import sub
 
 import numpy as np
 
-from emulator.direct_map import P, RW
+from emulator.direct_map import P, RW, SMALL_CPA
 from emulator.errors import KernelFault
 from emulator.tlb import flush_tlb_kernel_range
 
@@ -50,15 +49,19 @@ class VmapRange:
     The kernel keeps free space in an rb-tree augmented with the largest
     block of each subtree (``find_vmap_lowest_match``); here the sorted
     blocks are cut into chunks of at most :data:`CHUNK` with each chunk's
-    largest size, so a first fit skips whole chunks that cannot fit.
+    largest size (``cmax``, an upper bound), so a first fit skips whole
+    chunks that cannot fit, and each chunk's exact first start
+    (``cfirst``), so a freed block finds its chunk by bisection.  One-page
+    holes can never fit a request (every area has a guard page) and are
+    kept aside in ``tiny`` until a free merges them.
     """
 
     def __init__(self, name: str, start: int, end: int) -> None:
         self.name, self.start, self.end = name, start, end
+        self.lazy: list[tuple[int, int]] = []      # freed, not yet purged (vmap_purge_list)
         self._set([start], [end])
 
     def _set(self, starts: list[int], ends: list[int]) -> None:
-        # one-page holes can never fit a request (every area has a guard page): keep them aside
         self.tiny = {x for x, y in zip(starts, ends) if y - x == 1}
         if self.tiny:
             kept = [(x, y) for x, y in zip(starts, ends) if y - x > 1]
@@ -66,7 +69,7 @@ class VmapRange:
         self.cs = [starts[i:i + CHUNK] for i in range(0, len(starts), CHUNK)]
         self.ce = [ends[i:i + CHUNK] for i in range(0, len(ends), CHUNK)]
         self.cmax = [max(map(sub, e, s)) for s, e in zip(self.cs, self.ce)]
-        self.cfirst = [ch[0] for ch in self.cs]   # a lower bound of each chunk's first start
+        self.cfirst = [ch[0] for ch in self.cs]   # each chunk's first start (for bisect)
         self.hint: dict[int, int] = {}             # n -> a chunk index before which every cmax < n
 
     def _fix(self, c: int) -> None:
@@ -74,28 +77,60 @@ class VmapRange:
         if not st:
             del self.cs[c], self.ce[c], self.cmax[c], self.cfirst[c]
             self.hint.clear()
-        elif len(st) > 2 * CHUNK:
-            self._split_chunk(c)
         else:
-            self.cmax[c] = max(map(sub, en, st))
+            self.cfirst[c] = st[0]
+            if len(st) > 2 * CHUNK:
+                self._split_chunk(c)
+            else:
+                self.cmax[c] = max(map(sub, en, st))
 
     def alloc(self, n: int, align: int = 1) -> int | None:
-        """``__alloc_vmap_area``: lowest-address free block that fits ``n`` pages at ``align``."""
+        """``__alloc_vmap_area``: lowest-address free block that fits ``n`` >= 2 pages (area + guard) at ``align``.
+
+        ``cmax`` is an upper bound of each chunk's largest block: carving
+        leaves it alone (blocks only shrink) and a chunk whose search finds
+        nothing gets its exact value back, so pruning never skips a fit.
+        """
+        if align != 1:
+            return self._alloc_aligned(n, align)
         cmax = self.cmax
-        for c in range(self.hint.get(n, 0) if align == 1 else 0, len(cmax)):
+        for c in range(self.hint.get(n, 0), len(cmax)):
             if cmax[c] < n:
                 continue
-            if align == 1:
-                self.hint[n] = c    # carving only shrinks blocks: stays true until a free merges
             st, en = self.cs[c], self.ce[c]
-            # first block with size >= n, found by C-level iterators (align 1, the common case)
-            first = next(compress(count(), map(n.__le__, map(sub, en, st)))) if align == 1 else 0
-            for i in range(first, len(st)):
+            for i in range(len(st)):
+                if en[i] - st[i] >= n:
+                    break
+            else:
+                cmax[c] = max(map(sub, en, st))
+                continue
+            self.hint[n] = c    # every chunk before c is too small; carving keeps it so until a free merges
+            s = st[i]
+            left = en[i] - s - n
+            if left <= 1:
+                if left:                    # a one-page hole never fits again until a free merges it
+                    self.tiny.add(s + n)
+                del st[i], en[i]
+                if not st:
+                    self._fix(c)
+                    return s
+            else:
+                st[i] = s + n
+            if i == 0:
+                self.cfirst[c] = st[0]
+            return s
+        return None
+
+    def _alloc_aligned(self, n: int, align: int) -> int | None:
+        """:meth:`alloc` with ``align`` > 1: the aligned start may cut the block in two."""
+        for c in range(len(self.cmax)):
+            if self.cmax[c] < n:
+                continue
+            st, en = self.cs[c], self.ce[c]
+            for i in range(len(st)):
                 s0 = st[i]
                 e = en[i]
-                if e - s0 < n:
-                    continue
-                s = s0 if align == 1 else (s0 + align - 1) & -align
+                s = (s0 + align - 1) & -align
                 if e - s < n:
                     continue
                 if s == s0:
@@ -108,7 +143,9 @@ class VmapRange:
                     if e > s + n:
                         st.insert(i + 1, s + n)
                         en.insert(i + 1, e)
-                if e - s0 == cmax[c] or len(st) > 2 * CHUNK or not st:
+                if i == 0 and st:
+                    self.cfirst[c] = st[0]
+                if len(st) > 2 * CHUNK or not st:
                     self._fix(c)
                 return s
         return None
@@ -129,11 +166,22 @@ class VmapRange:
 
     def release(self, blocks: list[tuple[int, int]]) -> None:
         """Merge freed ``[start, end)`` blocks back into the free space (``merge_or_add_vmap_area``)."""
-        if not self.cs or len(blocks) > 16 + len(self.cs) * CHUNK // 8:   # a rebuild is cheaper
+        if not self.cs or len(blocks) > 64 + len(self.cs) * CHUNK:   # a rebuild is cheaper
             self._set(*self._sorted_blocks(blocks))
             return
-        for s, e in blocks:
-            self._insert(s, e)
+        if len(blocks) <= 1:
+            if blocks:
+                self._insert(*blocks[0])
+            return
+        blocks = sorted(blocks)
+        s, e = blocks[0]
+        for s1, e1 in blocks[1:]:      # freed blocks that touch merge first: fewer inserts
+            if s1 == e:
+                e = e1
+            else:
+                self._insert(s, e)
+                s, e = s1, e1
+        self._insert(s, e)
 
     def _insert(self, s: int, e: int) -> None:
         """Insert one freed block, merging with its neighbours."""
@@ -146,16 +194,13 @@ class VmapRange:
             tiny.discard(e)
             e += 1
         cs, ce = self.cs, self.ce
-        c = max(bisect_right(self.cfirst, s) - 1, 0)
+        c = bisect_right(self.cfirst, s) - 1
+        if c < 0:
+            c = 0
         st, en = cs[c], ce[c]
         i = bisect_right(st, s)
         if i and en[i - 1] == s:
             i -= 1
-            en[i] = e
-        elif i == 0 and c and ce[c - 1][-1] == s:
-            c -= 1
-            st, en = cs[c], ce[c]
-            i = len(st) - 1
             en[i] = e
         else:
             st.insert(i, s)
@@ -170,8 +215,7 @@ class VmapRange:
             self._fix(c + 1)
         if en[i] - st[i] > self.cmax[c]:
             self.cmax[c] = en[i] - st[i]
-        if st[0] < self.cfirst[c]:
-            self.cfirst[c] = st[0]
+        self.cfirst[c] = st[0]
         if len(st) > 2 * CHUNK:
             self._split_chunk(c)
 
@@ -213,7 +257,6 @@ class Vmalloc:
         self.lazy_max_pages = lazy_max_pages
         self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END)
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
-        self.lazy: dict[VmapRange, list[tuple[int, int]]] = {self.vmalloc_range: [], self.module_range: []}
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo = self.lazy_hi = 0
 
@@ -287,7 +330,7 @@ class Vmalloc:
                 self.lazy_hi = end
         else:
             self.lazy_lo, self.lazy_hi = start, end
-        self.lazy[vrange].append((start, end))
+        vrange.lazy.append((start, end))
         self.lazy_nr += end - start
         if self.lazy_nr > self.lazy_max_pages:
             self._purge()
@@ -298,8 +341,12 @@ class Vmalloc:
         dm = k.dm
         k.stat["emu_set_direct_map_invalid"] += 1
         pfns = area.pfns
+        if len(pfns) <= SMALL_CPA:                        # Python ints are cheaper than numpy calls here
+            pfns = pfns.tolist()
+            lo, hi = min(pfns), max(pfns) + 1
+        else:
+            lo, hi = int(pfns.min()), int(pfns.max()) + 1
         dm.change(k, pfns, 0, P | RW)                     # set_direct_map_invalid_noflush
-        lo, hi = int(pfns.min()), int(pfns.max()) + 1
         if not self._purge(PAGE_OFFSET + lo, PAGE_OFFSET + hi):   # _vm_unmap_aliases(start, end, flush_dmap=1)
             flush_tlb_kernel_range(k, PAGE_OFFSET + lo, PAGE_OFFSET + hi)
         dm.change(k, pfns, P | RW, 0)                     # set_direct_map_default_noflush
@@ -316,10 +363,10 @@ class Vmalloc:
         k = self.k
         k.stat["emu_vmap_purges"] += 1
         flush_tlb_kernel_range(k, lo, hi)
-        for vr, blocks in self.lazy.items():
-            if blocks:
-                vr.release(blocks)
-                self.lazy[vr] = []
+        for vr in (self.vmalloc_range, self.module_range):
+            if vr.lazy:
+                vr.release(vr.lazy)
+                vr.lazy = []
         self.lazy_nr = 0
         return True
 
@@ -329,7 +376,7 @@ class Vmalloc:
     def vm_unmap_aliases(self) -> bool:
         """``vm_unmap_aliases``: a purge, 0 or 1 flush (per-CPU vmap blocks not modelled)."""
         self.k.stat["emu_vm_unmap_aliases"] += 1
-        return self._purge()
+        return self.lazy_nr != 0 and self._purge()
 
     def is_whole(self) -> bool:
         """True when no VA is allocated or queued in either range."""

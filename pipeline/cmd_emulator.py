@@ -7,6 +7,10 @@ from pathlib import Path
 import typer
 
 
+#: Issue 3's first bar for ``permtrace bench``: events/s per policy on one core.
+BAR_EVENTS_PER_S = 500_000
+
+
 def _fmt(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -54,12 +58,20 @@ def bench_cmd(
     typer.echo(f"each (trace, policy) in its own child process pinned to one CPU, best of {repeat}; "
                "events/s from CPU time (wall in brackets); peak RSS of the child")
     typer.echo(f"{'trace':>34} {'policy':>14} {'events/s':>10} {'(wall)':>10} {'peak RSS MB':>12} {'shootdowns':>11}")
-    for n in counts:
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}   # (events/s, RSS) by size
+    for n in sorted(counts):
         trace = bench_trace(n, cache_dir, seed)
         for name in names:
             r = run_one(trace, name, seed, repeat)
+            rows[name].append((r["events"] / r["cpu_s"], r["peak_rss_mb"]))
             typer.echo(f"{trace.name:>34} {name:>14} {r['events'] / r['cpu_s']:>10.0f} "
                        f"{r['events'] / r['wall_s']:>10.0f} {r['peak_rss_mb']:>12.0f} {r['shootdowns']:>11}")
+    typer.echo(f"bar (issue 3): >= {BAR_EVENTS_PER_S:,} events/s on the largest trace; peak RSS from the smallest "
+               "to the largest trace")
+    for name, res in rows.items():
+        rate, rss = res[-1]
+        verdict = "meets" if rate >= BAR_EVENTS_PER_S else "BELOW"
+        typer.echo(f"{name:>14} {rate:>10,.0f} events/s ({verdict} the bar), peak RSS {res[0][1]:.0f} -> {rss:.0f} MB")
 
 
 def register(app: typer.Typer) -> None:

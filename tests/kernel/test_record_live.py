@@ -153,7 +153,10 @@ def test_groundtruth_bpf_live(tmp_path, watch):
     trace = pl.read_parquet(trace_path).slice(warmup)
     counts = dict(trace.group_by("op").len().iter_rows())
     assert counts["bpf_prog_load"] == counts["bpf_prog_free"] == 100
-    assert counts["vmalloc"] == 300
+    # 3 areas per eBPF load; kernel threads are attributed to the run too (their frees are the deferred
+    # program frees), so a kworker created meanwhile adds its own 16 KiB vmap stack now and then
+    stacks = trace.filter((pl.col("op") == "vmalloc") & (pl.col("size") == 16384)).height  # THREAD_SIZE
+    assert counts["vmalloc"] - stacks == 300
     assert set(trace.filter(pl.col("op") == "bpf_prog_load")["size"].to_list()) == {28683}
     # AND 2.8 MB of JIT code needed at least one new pack, each costing at least its CPA flush
     obs = pl.read_parquet(observed_path(trace_path))
