@@ -70,13 +70,11 @@ class VmapRange:
         self.ce = [ends[i:i + CHUNK] for i in range(0, len(ends), CHUNK)]
         self.cmax = [max(map(sub, e, s)) for s, e in zip(self.cs, self.ce)]
         self.cfirst = [ch[0] for ch in self.cs]   # each chunk's first start (for bisect)
-        self.hint: dict[int, int] = {}             # n -> a chunk index before which every cmax < n
 
     def _fix(self, c: int) -> None:
         st, en = self.cs[c], self.ce[c]
         if not st:
             del self.cs[c], self.ce[c], self.cmax[c], self.cfirst[c]
-            self.hint.clear()
         else:
             self.cfirst[c] = st[0]
             if len(st) > 2 * CHUNK:
@@ -94,7 +92,7 @@ class VmapRange:
         if align != 1:
             return self._alloc_aligned(n, align)
         cmax = self.cmax
-        for c in range(self.hint.get(n, 0), len(cmax)):
+        for c in range(len(cmax)):
             if cmax[c] < n:
                 continue
             st, en = self.cs[c], self.ce[c]
@@ -104,7 +102,6 @@ class VmapRange:
             else:
                 cmax[c] = max(map(sub, en, st))
                 continue
-            self.hint[n] = c    # every chunk before c is too small; carving keeps it so until a free merges
             s = st[i]
             left = en[i] - s - n
             if left <= 1:
@@ -185,7 +182,6 @@ class VmapRange:
 
     def _insert(self, s: int, e: int) -> None:
         """Insert one freed block, merging with its neighbours."""
-        self.hint.clear()
         tiny = self.tiny
         if s - 1 in tiny:
             tiny.discard(s - 1)
@@ -227,7 +223,6 @@ class VmapRange:
         self.ce[c:c + 1] = [en[:h], en[h:]]
         self.cmax[c:c + 1] = [max(map(sub, en[:h], st[:h])), max(map(sub, en[h:], st[h:]))]
         self.cfirst[c:c + 1] = [self.cfirst[c], st[h]]
-        self.hint.clear()
 
     def is_whole(self) -> bool:
         return not self.tiny and self.blocks() == ([self.start], [self.end])
