@@ -287,11 +287,18 @@ class PageAllocator:
             order += 1
         self._release_block(pfn >> PAGEBLOCK_ORDER)
 
-    def _free_runs(self, arr: np.ndarray) -> None:
-        """:meth:`_free_run` over every run of consecutive pfns of the sorted ``arr``."""
-        cut = np.flatnonzero(np.diff(arr) != 1) + 1
-        for s, e in zip(arr[np.r_[0, cut]].tolist(), (arr[np.r_[cut - 1, len(arr) - 1]] + 1).tolist()):
-            self._free_run(s, e)
+    def _free_runs(self, pfns: list[int]) -> None:
+        """:meth:`_free_run` over every run of consecutive pfns in ``pfns`` (any order, no repeats).
+
+        Drains are a few pcp batches long: a plain sort beats numpy's setup at that size."""
+        pfns = sorted(pfns)
+        start = prev = pfns[0]
+        for pfn in pfns[1:]:
+            if pfn != prev + 1:
+                self._free_run(start, prev + 1)
+                start = pfn
+            prev = pfn
+        self._free_run(start, prev + 1)
 
     # -- order 0 ------------------------------------------------------------------
 
@@ -304,9 +311,13 @@ class PageAllocator:
             n -= len(pfns)
         pcp = self.pcp
         if len(pcp) >= n:                      # LIFO: the last freed first
-            pfns += pcp[len(pcp) - n:][::-1]
+            tail = pcp[len(pcp) - n:]
             del pcp[len(pcp) - n:]
-            return pfns
+            tail.reverse()
+            if pfns:
+                pfns += tail
+                return pfns
+            return tail
         pfns += pcp[::-1]
         n -= len(pcp)
         pcp.clear()
@@ -369,7 +380,7 @@ class PageAllocator:
         pcp += pfns.tolist() if isinstance(pfns, np.ndarray) else pfns
         if len(pcp) > self.pcp_high:
             drain = len(pcp) - self.pcp_high + PCP_BATCH
-            self._free_runs(np.sort(np.array(pcp[:drain], np.int64)))
+            self._free_runs(pcp[:drain])
             del pcp[:drain]
 
     # -- order 9 ------------------------------------------------------------------

@@ -86,6 +86,7 @@ class Policy:
     def attach(self, k) -> None:
         """Bind to a booted kernel and set the release's CPA behaviour (5.10: NX-only skips the alias)."""
         self.k = k
+        self.vm = k.vm
         k.cpa_alias_nx_kludge = True
         self.vmallocs: dict[int, tuple] = {}
         self.modules: dict[int, list] = {}
@@ -221,10 +222,13 @@ class Policy:
     def vmalloc(self, id: int, size: int) -> None:
         if id in self.vmallocs:
             raise KernelFault(f"vmalloc id {id} is already live")
-        self.vmallocs[id] = self.k.vm.vmalloc_plain((size + 4095) >> 12 or 1)
+        self.vmallocs[id] = self.vm.vmalloc_plain((size + 4095) >> 12 or 1)
 
     def vfree(self, id: int) -> None:
-        self.k.vm.vfree_plain(take(self.vmallocs, id, "vmalloc"))
+        area = self.vmallocs.pop(id, None)      # the hottest hook: no try/except frame
+        if area is None:
+            raise KernelFault(f"free of unknown vmalloc id {id} (never allocated or already freed)")
+        self.vm.vfree_plain(area)
 
     # -- patching and pressure ---------------------------------------------------
 
