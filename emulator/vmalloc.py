@@ -229,7 +229,8 @@ class VmapRange:
 
 
 class vm_struct:  # noqa: N801 - the kernel's name
-    """One vmalloc area: ``addr`` (first page), ``nr_pages`` mapped, ``pfns`` (int64 array) behind them.
+    """One vmalloc area: ``addr`` (first page), ``nr_pages`` mapped, ``pfns`` behind them (a list of
+    ints up to ``SMALL_CPA`` pages, an int64 array above: each where it is cheaper to work on).
 
     ``prot`` is a per-page protection ``bytearray`` once CPA touched the
     area (None = all ``PAGE_KERNEL``); ``pmd_huge`` the PMD indexes
@@ -283,7 +284,9 @@ class Vmalloc:
             pfns = np.concatenate([np.arange(b, b + PMD_PAGES, dtype=np.int64)
                                    for b in (pages.alloc_huge() for _ in range(nr_pages // PMD_PAGES))])
         else:
-            pfns = np.array(pages.alloc_pages(nr_pages), np.int64)
+            pfns = pages.alloc_pages(nr_pages)
+            if nr_pages > SMALL_CPA:        # numpy pays off only for large areas (DirectMap.change)
+                pfns = np.array(pfns, np.int64)
         area = vm_struct(addr, nr_pages, pfns, flags, vrange)
         if huge:
             area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
@@ -336,8 +339,7 @@ class Vmalloc:
         dm = k.dm
         k.stat["emu_set_direct_map_invalid"] += 1
         pfns = area.pfns
-        if len(pfns) <= SMALL_CPA:                        # Python ints are cheaper than numpy calls here
-            pfns = pfns.tolist()
+        if isinstance(pfns, list):                        # a small area (see vmalloc)
             lo, hi = min(pfns), max(pfns) + 1
         else:
             lo, hi = int(pfns.min()), int(pfns.max()) + 1
