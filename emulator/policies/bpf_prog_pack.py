@@ -224,23 +224,20 @@ class BpfProgPack(Policy):
 
     # -- final state -----------------------------------------------------------
 
+    def module_text_areas(self):
+        """Areas holding module text: MOD_TEXT and MOD_INIT_TEXT (6.4+), else core and init."""
+        for mod in self.modules.values():
+            if self.mod_mem_areas:      # mod[0]: the 7 areas, enum mod_mem_type order (MOD_TEXT 0, MOD_INIT_TEXT 4)
+                yield from (mod[0][i] for i in (0, 4) if mod[0][i] is not None)
+            else:                       # mod[0], mod[1]: core and init
+                yield from (a for a in mod[:2] if a is not None)
+
     def exec_areas(self):
-        if self.mod_mem_areas:
-            for areas, *_ in self.modules.values():
-                for i in (0, 4):
-                    if areas[i] is not None:
-                        yield areas[i]
-            for obj in self.execs.values():
-                yield obj[0]
-        else:
-            for core, init, *_ in self.modules.values():
-                yield core
-                if init is not None:
-                    yield init
-            for obj in self.execs.values():
-                yield obj[0]
+        yield from self.module_text_areas()
+        for obj in self.execs.values():
+            yield obj[0]
         for obj in self.progs.values():
-            if obj[1] < 0:
+            if obj[1] < 0:              # an image larger than a pack has an area of its own
                 yield obj[0]
 
     def text_tlb_entries(self) -> tuple[int, int]:

@@ -166,12 +166,9 @@ class ExecmemRox(BpfProgPack):
 
     # -- final state ---------------------------------------------------------------
 
-    def exec_areas(self):
-        for obj in self.execs.values():
-            yield obj[0]
-        for obj in self.progs.values():
-            if obj[1] < 0:
-                yield obj[0]
+    def module_text_areas(self):
+        """None: module text lives in the ROX cache's chunks, counted by :meth:`text_tlb_entries`."""
+        return ()
 
     def text_tlb_entries(self) -> tuple[int, int]:
         """Cache chunks: one 2M entry per PMD-mapped chunk with live text, else one 4K entry per busy page."""
