@@ -139,7 +139,9 @@ def scan_trace(source: TraceSource, batch_size: int = 1 << 16) -> Iterator[pa.Re
     if isinstance(source, pa.Table):
         batches = source.to_batches(max_chunksize=batch_size)
     else:
-        batches = _open(source).iter_batches(batch_size=batch_size)
+        # one decoding thread: the reader's thread pool keeps more decoded row groups alive
+        # (3M events: 187 vs 144 MB peak RSS) and the emulator consumes on one core anyway
+        batches = _open(source).iter_batches(batch_size=batch_size, use_threads=False)
     for batch in batches:
         yield conform(batch)
 
