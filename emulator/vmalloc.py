@@ -250,6 +250,7 @@ class Vmalloc:
 
     def __init__(self, k, lazy_max_pages: int, module_offset: int = 0) -> None:
         self.k = k
+        self.pages = k.pages
         self.lazy_max_pages = lazy_max_pages
         self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END)
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
@@ -298,13 +299,13 @@ class Vmalloc:
         addr = vr.alloc(nr_pages + 1)
         if addr is None:
             addr = self._alloc_va(vr, nr_pages + 1, 1)
-        return addr, nr_pages, self.k.pages.alloc_pages(nr_pages)
+        return addr, nr_pages, self.pages.alloc_pages(nr_pages)
 
     def vfree_plain(self, area: tuple[int, int, list[int]]) -> None:
         """:meth:`vfree` of a :meth:`vmalloc_plain` area."""
         addr, n, pfns = area
         self.free_vmap_area_noflush(self.vmalloc_range, addr, addr + n + 1)
-        self.k.pages.free_pages(pfns)
+        self.pages.free_pages(pfns)
 
     # -- free -------------------------------------------------------------------
 
