@@ -435,3 +435,94 @@ def test_kernel_state_before_the_workload_is_replayed(tmp_path):
         ("vmalloc", 4 * 4096), ("vfree", 0),                         # warmup: 5 pages incl. guard
         ("vmalloc", 3 * 4096), ("vfree", 0), ("vmalloc", 4096), ("vfree", 0),
         ("module_load", 4096)]
+
+
+def bpf_free_case(frees: list[str]) -> list[str]:
+    """bpfload.c on 7.2 (init.sh kprobes): programs 0 and 1 share a pack that program 0 opened;
+    each load keeps its struct bpf_prog (vmalloc); both fds are closed, then ``frees`` follow."""
+    b = "bpfload-181 [000] ..... "
+
+    def alloc(t: str, va: int, pages: int, rng: str = VMAL) -> list[str]:
+        return [f"{b}{t}0: alloc_va: (alloc_vmap_area+0x0/0xde0) size={pages * 4096} align=1 {rng}",
+                f"{b}{t}1: alloc_va_ret: (x <- alloc_vmap_area) va_start={va:#x} "
+                f"va_end={va + pages * 4096:#x}"]
+    return [
+        "GT bpf N=2 K=2 loaded=2 load_s=0.010 jited_len=30 xlated_len=16",
+        f"{b}1.0: tracing_mark_write: GT case N=2 K=2",
+        f"{b}1.1: tracing_mark_write: GT bpfL 0",
+        *alloc("1.2", 0xFFFFC90000075000, 2),
+        *alloc("1.3", 0xFFFFFFFFC0400000, 513, EXEC),
+        f"{b}1.4: tracing_mark_write: GT bpfL 1",
+        *alloc("1.5", 0xFFFFC9000007D000, 2),
+        f"{b}2.0: tracing_mark_write: GT bpfF 0",
+        f"{b}2.1: tracing_mark_write: GT bpfF 1",
+        *frees,
+    ]
+
+
+def test_bpf_prog_free_sits_at_its_deferred_free(tmp_path):
+    # GIVEN the kernel's order (serial_72_bpf.log): bpf_prog_free_deferred's kworker frees program
+    # 0 (its struct bpf_prog), then program 1: bpf_prog_pack_free frees the emptied pack, whose
+    # vm_reset_perms purge flushes, then its struct bpf_prog
+    k = "kworker/0:1-11 [000] ..... "
+    summary, trace, obs = run(tmp_path, bpf_free_case([
+        f"{k}3.0: pack_free: (bpf_prog_pack_free+0x4/0x220) hdr=0xffffffffc0400000",
+        f"{k}3.1: free_va: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffc90000075000 va_end=0x1",
+        f"{k}3.2: pack_free: (bpf_prog_pack_free+0x4/0x220) hdr=0xffffffffc0400040",
+        f"{k}3.3: free_va: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffffffc0400000 va_end=0x1",
+        f"{k}3.4: purge: (__purge_vmap_area_lazy+0x0/0x3a0) start=0xffff888113200000 end=0xffff888113400000",
+        f"{k}3.5: flush_krange: (flush_tlb_kernel_range+0x4/0x180) start=0xffff888113200000 "
+        "end=0xffffffffc0601000",
+        f"{k}3.6: on_each_cpu: (smp_call_function_many_cond+0x0/0x560) func=do_flush_tlb_all+0x0/0x10",
+        f"{k}3.7: free_va: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffc9000007d000 va_end=0x1",
+    ]))
+    # WHEN imported THEN each bpf_prog_free sits at its program's deferred free, not at the fd's
+    # close (2.0, 2.1), right before its struct's vfree; the pack's purge and flush are program 1's
+    case = 1_000_000
+    assert trace.select("op", "id", "ts_ns").rows() == [
+        ("vmalloc", 1, 1_210_000_000), ("bpf_prog_load", case, 1_310_000_000), ("vmalloc", 2, 1_510_000_000),
+        ("bpf_prog_load", case + 1, 2_000_000_000),
+        ("bpf_prog_free", case, 3_100_000_000), ("vfree", 1, 3_100_000_000),
+        ("bpf_prog_free", case + 1, 3_300_000_000), ("vfree", 2, 3_700_000_000)]
+    assert by_op(obs) == {("exec_area_alloc", "bpf_prog_load"): 1,
+                          ("vmap_purge", "bpf_prog_free"): 1, ("flush_tlb_all", "bpf_prog_free"): 1}
+    assert summary.n_malformed == 0
+
+
+def test_bpf_prog_free_without_its_deferred_free_goes_last(tmp_path):
+    # GIVEN closed programs whose deferred free the trace did not catch (it ended first: its last
+    # event is another area's vfree)
+    summary, trace, _ = run(tmp_path, bpf_free_case([
+        "kworker/0:1-11 [000] ..... 9.0: free_va: (free_vmap_area_noflush+0x0/0x1d0) "
+        "va_start=0xffffc90000100000 va_end=0xffffc90000102000"]))
+    # WHEN imported THEN they are freed at the trace's end, in release order, and counted
+    assert trace.select("op", "id", "ts_ns").rows()[-4:] == [
+        ("vmalloc", 3, 9_000_000_000), ("vfree", 3, 9_000_000_000),
+        ("bpf_prog_free", 1_000_000, 9_000_000_000), ("bpf_prog_free", 1_000_001, 9_000_000_000)]
+    assert summary.unused["bpf_prog_free after the trace ended (placed at its end)"] == 2
+
+
+def test_5_10_bpf_prog_free_follows_its_own_image(tmp_path):
+    # GIVEN 5.10 (serial_510_fresh_8G.log): each program has its own image (module_alloc area); a
+    # kworker frees program 1's image and struct, and the trace ends before program 0's free
+    k = "kworker/1:1-54 [001] ..... "
+    lines = bpf_free_case([
+        f"{k}3.0: free_va: (free_vmap_area_noflush+0x0/0x100) va_start=0xffffffffc0600000 va_end=0x1",
+        f"{k}3.1: purge: (__purge_vmap_area_lazy+0x0/0x680) start=0xffff8881013fc000 end=0xffff8881013fd000",
+        f"{k}3.2: flush_krange: (flush_tlb_kernel_range+0x0/0x80) start=0xffff8881013fc000 "
+        "end=0xffffffffc0602000",
+        f"{k}3.3: on_each_cpu: (smp_call_function_many_cond+0x0/0x2e0) func=do_flush_tlb_all+0x0/0x30",
+        f"{k}3.4: free_va: (free_vmap_area_noflush+0x0/0x100) va_start=0xffffc9000007d000 va_end=0x1"])
+    b = "bpfload-181 [000] ..... "
+    image1 = [f"{b}1.60: alloc_va: (alloc_vmap_area+0x0/0xde0) size=8192 align=1 {EXEC}",
+              f"{b}1.61: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffffffc0600000 va_end=0x1"]
+    at = lines.index(f"{b}2.0: tracing_mark_write: GT bpfF 0")
+    # WHEN imported
+    summary, trace, obs = run(tmp_path, lines[:at] + image1 + lines[at:])
+    # THEN the freed image names its program: program 1 is freed there, before its struct's vfree
+    # and with the image's purge, program 0 at the trace's end
+    assert trace.filter(pl.col("op").is_in(["bpf_prog_free", "vfree"])).select("op", "id", "ts_ns").rows() == [
+        ("bpf_prog_free", 1_000_001, 3_000_000_000), ("vfree", 2, 3_400_000_000),
+        ("bpf_prog_free", 1_000_000, 3_400_000_000)]
+    assert by_op(obs)[("vmap_purge", "bpf_prog_free")] == 1
+    assert summary.unused["bpf_prog_free after the trace ended (placed at its end)"] == 1

@@ -132,10 +132,8 @@ CHECKS = [
     pytest.param("serial_510_aged_all", "linux-5.10", id="guest-5.10-bpf-aged", marks=_xfail(
         "purges exact; flush_tlb_kernel_range 2046 vs 2047 (as guest-5.10-bpf-fresh)")),
     pytest.param("serial_72_bpf", "linux-7.2", id="guest-7.2-bpf", marks=_xfail(
-        "sync_core exact; flush_tlb_all 77 vs 78, vmap_purges 42 vs 43: one lazy_max_pages purge more than "
-        "the kernel - bpf_prog_free sits at the program's release, but the kernel frees emptied packs later in "
-        "bpf_prog_free_deferred's kworker, between the programs' other vfrees, and each of those reset-perms "
-        "purges empties the lazy list (traced nr_lazy drops to 6, the model's keeps growing); L2 splits")),
+        "flushes, purges and sync_core exact; only L2 splits outside the range (15 vs 18..20: placement, "
+        "page_alloc)")),
     pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
         "sync_core exact; flush_tlb_all 987 vs 946, flush_tlb_kernel_range 45 vs 52, vmap_purges 263 vs 245 "
         "(load 46 vs 33): exited tasks' stacks freed during a load's CPAs are purged by its next CPA (the "
