@@ -167,7 +167,7 @@ class Kernel:
         # waste accounting, bytes, per cause in WASTE_CAUSES order
         self.waste_live = [0] * len(WASTE_CAUSES)
         self.waste_peak = [0] * len(WASTE_CAUSES)
-        self.waste_integral = [0] * len(WASTE_CAUSES)
+        self.waste_dt = [0] * len(WASTE_CAUSES)      # sum of delta * time of each change, byte-ns
         self.waste_peak_total = 0
         self.waste_total = 0          # sum(waste_live)
         self._waste_ts = None
@@ -190,17 +190,22 @@ class Kernel:
         return out
 
     def waste(self, cause: int, delta: int) -> None:
-        """Change live waste of ``WASTE_CAUSES[cause]`` by ``delta`` bytes at time ``self.now``."""
+        """Change live waste of ``WASTE_CAUSES[cause]`` by ``delta`` bytes at time ``self.now``.
+
+        The time integral is kept in closed form: a change of ``delta`` at
+        time ``t`` adds ``delta * (T - t)`` to it by the end ``T``, so only
+        ``delta * t`` is summed here (``waste_dt``) and the integral is
+        ``live * T - waste_dt`` (:meth:`waste_counters`).  Time never runs
+        backwards here: ``t`` is the latest ``now`` seen so far.
+        """
         now = self.now
         last = self._waste_ts
         if last is None or now > last:
-            if last is not None:
-                dt = now - last
-                self.waste_integral = [a + v * dt for a, v in zip(self.waste_integral, self.waste_live)]
-            self._waste_ts = now
+            self._waste_ts = last = now
         live = self.waste_live
         v = live[cause] + delta
         live[cause] = v
+        self.waste_dt[cause] += delta * last
         if v > self.waste_peak[cause]:
             self.waste_peak[cause] = v
         total = self.waste_total = self.waste_total + delta
@@ -210,13 +215,15 @@ class Kernel:
     def waste_counters(self, t_start: int, t_end: int) -> dict[str, int]:
         """Live, peak and time-weighted mean waste (bytes) over ``[t_start, t_end]`` ns."""
         self.now = t_end
-        self.waste(0, 0)  # integrate up to t_end
+        self.waste(0, 0)  # the end of the integral: the later of t_end and the last change
+        end = self._waste_ts
+        integral = [v * end - a for v, a in zip(self.waste_live, self.waste_dt)]   # byte-ns
         span = max(t_end - t_start, 1)
         out = {"emu_waste_bytes": sum(self.waste_live),
                "emu_waste_peak_bytes": self.waste_peak_total,
-               "emu_waste_mean_bytes": sum(self.waste_integral) // span}
+               "emu_waste_mean_bytes": sum(integral) // span}
         for i, cause in enumerate(WASTE_CAUSES):
             out[f"emu_waste_bytes_{cause}"] = self.waste_live[i]
             out[f"emu_waste_peak_bytes_{cause}"] = self.waste_peak[i]
-            out[f"emu_waste_mean_bytes_{cause}"] = self.waste_integral[i] // span
+            out[f"emu_waste_mean_bytes_{cause}"] = integral[i] // span
         return out

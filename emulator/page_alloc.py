@@ -305,19 +305,23 @@ class PageAllocator:
     def alloc_pages(self, n: int) -> list[int]:
         """``n`` unmovable pages as a list of pfns (``vm_area_alloc_pages``)."""
         self.pages_in_use += n
+        pcp = self.pcp
+        left = len(pcp) - n
+        if left >= 0 and (n == 1 or not self.vmalloc_large_order):   # the common case, all from the pcp
+            tail = pcp[left:]                  # LIFO: the last freed first
+            del pcp[left:]
+            tail.reverse()
+            return tail
         pfns: list[int] = []
         if self.vmalloc_large_order and n > 1:
             pfns = self._alloc_large_orders(n)
             n -= len(pfns)
-        pcp = self.pcp
-        if len(pcp) >= n:                      # LIFO: the last freed first
+        if len(pcp) >= n:
             tail = pcp[len(pcp) - n:]
             del pcp[len(pcp) - n:]
             tail.reverse()
-            if pfns:
-                pfns += tail
-                return pfns
-            return tail
+            pfns += tail
+            return pfns
         pfns += pcp[::-1]
         n -= len(pcp)
         pcp.clear()
@@ -377,9 +381,10 @@ class PageAllocator:
         ``pcp_high`` its oldest pages go back to the buddy and merge (``free_pcppages_bulk``)."""
         self.pages_in_use -= len(pfns)
         pcp = self.pcp
-        pcp += pfns.tolist() if isinstance(pfns, np.ndarray) else pfns
-        if len(pcp) > self.pcp_high:
-            drain = len(pcp) - self.pcp_high + PCP_BATCH
+        pcp += pfns if type(pfns) is list else pfns.tolist()
+        over = len(pcp) - self.pcp_high
+        if over > 0:
+            drain = over + PCP_BATCH
             self._free_runs(pcp[:drain])
             del pcp[:drain]
 

@@ -87,6 +87,7 @@ class Policy:
         """Bind to a booted kernel and set the release's CPA behaviour (5.10: NX-only skips the alias)."""
         self.k = k
         self.vm = k.vm
+        self._vmalloc_plain, self._vfree_plain = k.vm.vmalloc_plain, k.vm.vfree_plain   # bound once: hottest hooks
         k.cpa_alias_nx_kludge = True
         self.vmallocs: dict[int, tuple] = {}
         self.modules: dict[int, list] = {}
@@ -220,15 +221,16 @@ class Policy:
     # -- plain vmalloc ---------------------------------------------------------
 
     def vmalloc(self, id: int, size: int) -> None:
-        if id in self.vmallocs:
+        live = self.vmallocs
+        if id in live:
             raise KernelFault(f"vmalloc id {id} is already live")
-        self.vmallocs[id] = self.vm.vmalloc_plain((size + 4095) >> 12 or 1)
+        live[id] = self._vmalloc_plain((size + 4095) >> 12 or 1)
 
     def vfree(self, id: int) -> None:
         area = self.vmallocs.pop(id, None)      # the hottest hook: no try/except frame
         if area is None:
             raise KernelFault(f"free of unknown vmalloc id {id} (never allocated or already freed)")
-        self.vm.vfree_plain(area)
+        self._vfree_plain(area)
 
     # -- patching and pressure ---------------------------------------------------
 
