@@ -28,7 +28,7 @@ TIMELINE_COUNTERS: tuple[str, ...] = (
 )
 
 (MODULE_LOAD, MODULE_INIT_FREE, MODULE_UNLOAD, BPF_PROG_LOAD, BPF_PROG_FREE, EXEC_ALLOC,
- EXEC_FREE, VMALLOC, VFREE, TEXT_PATCH, MEM_PRESSURE) = (OP_CODE[o] for o in OPS[:11])
+ EXEC_FREE, VMALLOC, VFREE, TEXT_PATCH, MEM_PRESSURE, MODULE_INIT) = (OP_CODE[o] for o in OPS[:12])
 
 
 def _sample_points(n: int, points: int) -> list[int]:
@@ -60,6 +60,7 @@ def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine
     module_load, module_init_free, module_unload = p.module_load, p.module_init_free, p.module_unload
     bpf_prog_load, bpf_prog_free, exec_alloc, exec_free = p.bpf_prog_load, p.bpf_prog_free, p.exec_alloc, p.exec_free
     vmalloc, vfree, text_patch, mem_pressure = p.vmalloc, p.vfree, p.text_patch, p.mem_pressure
+    module_init = p.module_init
     si = 0
     base = 0
     t_first = None
@@ -120,6 +121,8 @@ def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine
                         text_patch(int(cols["patch_sites"][i]))
                     elif op == MEM_PRESSURE:
                         mem_pressure(sizes[i])
+                    elif op == MODULE_INIT:
+                        module_init(ids[i])
                 if si < len(samples) and base + hi - 1 == samples[si]:
                     sample(samples[si], tss[hi - 1])
                     si += 1

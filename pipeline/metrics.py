@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from pathlib import Path
 
 import polars as pl
@@ -31,6 +33,8 @@ from traces.errors import PermtraceError
 #: Ops that load executable code, and the metric suffix naming them.
 LOAD_OPS: dict[str, str] = {"module_load": "module_load", "bpf_prog_load": "bpf_load",
                             "exec_alloc": "exec_alloc"}
+#: A module load is load_module (``module_load``) and do_init_module (``module_init``).
+LOAD_PHASES: dict[str, tuple[str, ...]] = {"module_load": ("module_load", "module_init")}
 
 
 def counter(name: str, op: str | None = None) -> pl.Expr:
@@ -66,9 +70,10 @@ def _base() -> dict[str, pl.Expr]:
         for cause in WASTE_CAUSES:
             m[f"waste_{kind}_bytes_{cause}"] = counter(f"{prefix}_{cause}")
     for op, suffix in LOAD_OPS.items():
+        phases = LOAD_PHASES.get(op, (op,))
         m[f"{suffix}s"] = counter("events", op)
-        m[f"shootdowns_{suffix}"] = counter("emu_shootdowns", op)
-        m[f"shootdown_ipis_{suffix}"] = counter("emu_shootdown_ipis", op)
+        m[f"shootdowns_{suffix}"] = reduce(add, (counter("emu_shootdowns", p) for p in phases))
+        m[f"shootdown_ipis_{suffix}"] = reduce(add, (counter("emu_shootdown_ipis", p) for p in phases))
     return {name: e.alias(name) for name, e in m.items()}
 
 

@@ -29,6 +29,8 @@ OPS: tuple[str, ...] = (
     "vfree",
     "text_patch",        # runtime code patching (static keys toggled); patch_sites = sites
     "mem_pressure",      # shrinkers are asked to give back `size` bytes
+    "module_init",       # the module's init returned: do_init_module makes ro_after_init read-only
+                         # (appended to v1: a trace without it replays that step at the init free)
 )
 OP_CODE: dict[str, int] = {name: code for code, name in enumerate(OPS)}
 

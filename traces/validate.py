@@ -45,13 +45,14 @@ INIT_SECTIONS = tuple(c for c in SECTION_COLUMNS if c.startswith("init_"))
 
 #: Object kinds, named by their allocating op; per op code: kind index and action.
 KINDS = tuple(ALLOC_FREE)
-_ALLOC, _FREE, _INIT_FREE = 1, 2, 3
+_ALLOC, _FREE, _INIT_FREE, _INIT = 1, 2, 3, 4
 _KIND = np.full(len(OPS), -1, np.int8)
 _ACTION = np.zeros(len(OPS), np.int8)
 for _k, (_alloc, _free) in enumerate(ALLOC_FREE.items()):
     _KIND[OP_CODE[_alloc]], _ACTION[OP_CODE[_alloc]] = _k, _ALLOC
     _KIND[OP_CODE[_free]], _ACTION[OP_CODE[_free]] = _k, _FREE
 _KIND[OP_CODE["module_init_free"]], _ACTION[OP_CODE["module_init_free"]] = KINDS.index("module_load"), _INIT_FREE
+_KIND[OP_CODE["module_init"]], _ACTION[OP_CODE["module_init"]] = KINDS.index("module_load"), _INIT
 _KIND_L, _ACTION_L = _KIND.tolist(), _ACTION.tolist()
 _SIZED = np.isin(np.arange(len(OPS)), [OP_CODE[o] for o in SIZED_OPS])
 _OPS_ARRAY = pa.array(OPS, pa.string())
@@ -122,6 +123,7 @@ class Lifetimes:
     def __init__(self, problem=None) -> None:
         self.live: list[dict[int, list[int]]] = [{} for _ in KINDS]
         self.init_freed: set[int] = set()
+        self.inited: set[int] = set()
         self.recent: list[dict[int, int]] = [{} for _ in KINDS]
         self.problem = problem
 
@@ -155,6 +157,14 @@ class Lifetimes:
                     recent[i] = r
                 if k == module:
                     self.init_freed.discard(i)
+                    self.inited.discard(i)
+            elif a == _INIT:
+                if i in self.inited:
+                    if self.problem:
+                        self.problem("load_live", f"module_init of id {i}, whose init already ran",
+                                     "a module's init runs once per load", r, "id")
+                else:
+                    self.inited.add(i)
             elif i in self.init_freed:
                 if self.problem:
                     self.problem("free_not_live", f"module_init_free of id {i}, whose init sections were "

@@ -10,6 +10,7 @@ event's ``ts_ns``):
 ==========================  ==================================================
 ``module_load(id, sections, patch_sites)``  load + init of a module; ``sections`` are the 7
                             ``SECTION_COLUMNS`` sizes in bytes
+``module_init(id)``         its init returned (``do_init_module``: ro_after_init -> RO)
 ``module_init_free(id)``    init sections freed (``do_free_init``)
 ``module_unload(id)``       ``free_module``
 ``bpf_prog_load(id, size)`` JIT image of ``size`` bytes
@@ -76,7 +77,7 @@ class Policy:
     #: Simplifications a user should know about, shown by ``permtrace policies -v``.
     SIMPLIFICATIONS: ClassVar[tuple[str, ...]] = (
         "bpf_trampoline/dispatcher pages are modelled like kprobes (ro + x); 5.10 mapped them W+X",
-        "do_init_module's after-init set_memory_ro is replayed at the module's init free (no op of its own)",
+        "a trace without module_init events replays do_init_module's after-init set_memory_ro at the init free",
     )
 
     def params(self) -> dict[str, object]:
@@ -159,14 +160,21 @@ class Policy:
             cpa(set_memory_ro, core, t + r, a)
         self.modules[id].append(do_init_module)
 
+    def module_init(self, id: int) -> None:
+        """``do_init_module`` after the module's init returned: its after-init ``set_memory_ro``."""
+        mod = self.modules.get(id)
+        if mod is None:
+            raise KernelFault(f"module_init of unknown module id {id}")
+        self.do_init_module(mod)
+
     def do_init_module(self, mod: list) -> None:
         """The after-init ``set_memory_ro`` of ``do_init_module``, if not yet done.
 
         In the kernel it follows ``load_module``'s ``free_copy`` (the vfree of
-        the module's file copy, which the trace places after ``module_load``),
-        so its purge flushes that copy.  Simplification: it is replayed at the
-        module's init free (or unload), the next op of that module, which
-        ``do_init_module`` itself queues (``do_free_init``).
+        the module's file copy), so its purge flushes that copy.  The trace's
+        ``module_init`` event says when; a trace without one (an older
+        importer, a recorder that cannot see it) gets it at the module's init
+        free (or unload), the next op of that module.
         """
         if len(mod) > 3:
             mod.pop()()

@@ -215,9 +215,11 @@ def test_guest_module_protocol(tmp_path):
     # WHEN the 6.1 guest's kprobe trace of one module is imported
     summary, trace, obs = run(tmp_path, guest_module_case())
     # THEN the module's two module_alloc areas became one module_load with its 6.1 section sizes,
-    # placed where load_module allocated them: before its patching and the vfree of its .ko copy
+    # placed where load_module allocated them: before its patching and the vfree of its .ko copy,
+    # and do_init_module's first CPA after the module_load tracepoint became a module_init
     ops = trace["op"].to_list()
-    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init_free", "module_unload"]
+    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init", "module_init_free",
+                   "module_unload"]
     load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
     assert load["owner"] == "crc32c_generic"
     assert {c: load[c] for c in SECTION_COLUMNS} == {
@@ -232,9 +234,9 @@ def test_guest_module_protocol(tmp_path):
         ("flush_tlb_all", "module_load"): 1, ("cpa_flush", "module_load"): 1,
         ("sync_core", "text_patch"): 1,
         ("direct_map_level2_splits", "module_load"): 1,
-        # do_init_module's purge of the copy: charged to the init free, where the emulator replays it
-        ("vmap_purge", "module_init_free"): 2, ("flush_tlb_kernel_range", "module_init_free"): 1,
-        ("flush_tlb_all", "module_init_free"): 1,
+        # do_init_module's purge flushes the copy; the init free's vm_reset_perms flushes in full
+        ("vmap_purge", "module_init"): 1, ("flush_tlb_kernel_range", "module_init"): 1,
+        ("vmap_purge", "module_init_free"): 1, ("flush_tlb_all", "module_init_free"): 1,
         ("vmap_purge", "module_unload"): 1, ("flush_tlb_all", "module_unload"): 1,
     }
     assert summary.metadata["kernel_release"] == "6.1.0-56-amd64"
@@ -352,8 +354,9 @@ def test_6_4_module_areas_get_their_mod_mem_type(tmp_path):
     assert {c: load[c] for c in SECTION_COLUMNS} == {
         "text_size": 4096, "data_size": 8192, "rodata_size": 4096, "ro_after_init_size": 4096,
         "init_text_size": 4096, "init_data_size": 8192, "init_rodata_size": 0}
-    # AND the load sits before the vfree of its .ko copy; do_free_init's two areas make one init free
-    assert trace["op"].to_list() == ["vmalloc", "module_load", "vfree", "module_init_free"]
+    # AND the load sits before the vfree of its .ko copy, do_init_module's set_memory_ro is the
+    # module_init; do_free_init's two areas make one init free
+    assert trace["op"].to_list() == ["vmalloc", "module_load", "vfree", "module_init", "module_init_free"]
     assert by_op(obs)[("flush_tlb_all", "module_init_free")] == 2
 
 

@@ -100,32 +100,29 @@ def _xfail(reason: str):
 
 #: (imported trace, policy): every shared trace with the policy of its kernel.  A mark names
 #: the discrepancy check-model shows (totals; observed vs predicted over seeds 0..SEEDS-1).
-#: Module loads have one remaining cause in common: do_init_module (its after-init set_memory_ro,
-#: whose purge flushes the .ko copy load_module just freed) has no op of its own and is replayed
-#: at the module's init free, so what is freed in between joins a different purge (DEFER below).
-DEFER = "do_init_module replayed at the init free, not after the load's free_copy"
+#: VA = the vmalloc VA layout at the start of a measurement (areas allocated before tracing) is unknown,
+#: so purge spans cross the 33-page ceiling differently: ranged here, full in the kernel, or back.
+VA = "purge spans cross the 33-page ceiling differently (vmalloc VA layout before tracing unknown)"
+RACE = ("a do_free_init kworker's init area purged by the next insmod's CPA before the kworker's own "
+        "vm_reset_perms (a race the atomic vfree cannot replay)")
 CHECKS = [
     pytest.param("host_n100", "linux-6.18", id="host-6.18-ebpf-n100"),
     pytest.param("host_n1_k300000", "linux-6.18", id="host-6.18-ebpf-2.1MB"),
     pytest.param("serial_6.1_4level_smp2", "linux-6.1", id="guest-6.1-modules", marks=_xfail(
-        "sync_core exact; vmap_purges 142 vs 144 (load 12 vs 18, init free 89 vs 85), flush_tlb_all 281 vs "
-        f"284, flush_tlb_kernel_range 38 vs 35: {DEFER}; and a do_free_init kworker's init area purged by the "
-        "next insmod's CPA before the kworker's own vm_reset_perms (a race the atomic vfree cannot replay)")),
+        "sync_core, vmap_purges (142) and do_init_module's module_init flushes (45 full, 26 ranged) exact; "
+        f"flush_tlb_all 281 vs 282, flush_tlb_kernel_range 38 vs 35, purges load 12 vs 10 / init free 44 vs 46: {RACE}")),
     pytest.param("serial_6.1_4level_smp2_cpa", "linux-6.1", id="guest-6.1-modules-cpa", marks=_xfail(
-        "as guest-6.1-modules: vmap_purges 141 vs 142 (load 12 vs 18, init free 88 vs 83), "
-        "flush_tlb_kernel_range 36 vs 33, flush_tlb_all 283 vs 284")),
+        f"as guest-6.1-modules: flush_tlb_all 283 vs 282, flush_tlb_kernel_range 36 vs 33, vmap_purges 141 vs 140")),
     pytest.param("serial_6.1_bpf", "linux-6.1", id="guest-6.1-bpf", marks=_xfail(
         "flushes, purges and sync_core exact; only L2 splits outside the range (placement, page_alloc)")),
     pytest.param("serial_6.12_bpf", "linux-6.12", id="guest-6.12-bpf", marks=_xfail(
         "flushes, purges and sync_core exact; only L2 splits outside the range (placement, page_alloc)")),
     pytest.param("serial_5.10_modules_smp2", "linux-5.10", id="guest-5.10-modules", marks=_xfail(
-        "sync_core and total purges exact (165; per op load 39 vs 38, init free 88 vs 89); "
-        f"flush_tlb_kernel_range 53 vs 40 (init free 22 vs 8): {DEFER} - exited tasks' stacks freed in "
-        "between join the purge of the copy and widen its ranged flush to a full one")),
+        "sync_core and total purges exact (165); flush_tlb_kernel_range 53 vs 60 (load 31 vs 36, module_init "
+        f"22 vs 24): {VA}; purges load 39 vs 38, init free 44 vs 45: {RACE}")),
     pytest.param("serial_6.12_modules_smp2", "linux-6.12", id="guest-6.12-modules", marks=_xfail(
-        "sync_core and vmap_purges exact (7983, 310); flush_tlb_all 426 vs 422, flush_tlb_kernel_range 47 vs "
-        "51: purge ranges differ (the vmalloc VA layout of areas allocated before tracing is unknown, so "
-        f"spans cross the 33-page ceiling differently) and {DEFER}")),
+        "sync_core, vmap_purges (310) and every module_init/unload flush exact; flush_tlb_all 426 vs 417 and "
+        f"flush_tlb_kernel_range 47 vs 56, all at load (full 158 vs 147, ranged 24 vs 33): {VA}")),
     pytest.param("serial_510_fresh_8G", "linux-5.10", id="guest-5.10-bpf-fresh", marks=_xfail(
         "purges exact; flush_tlb_kernel_range 2046 vs 2047: one of 2048 purges spans > 33 pages in the "
         "kernel (kernel vmalloc VA placement around areas allocated before tracing)")),
@@ -135,11 +132,11 @@ CHECKS = [
         "flushes, purges and sync_core exact; only L2 splits outside the range (15 vs 18..20: placement, "
         "page_alloc)")),
     pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
-        "sync_core exact; flush_tlb_all 987 vs 946, flush_tlb_kernel_range 45 vs 52, vmap_purges 263 vs 245 "
-        "(load 46 vs 33): exited tasks' stacks freed during a load's CPAs are purged by its next CPA (the "
-        "emulated load is atomic); the ROX cache's chunks at the start are unknown, so text lands in other "
-        "chunks (PMD splits/collapses per load differ); unload purges full in the kernel, ranged here "
-        "(VA layout); L2 splits")),
+        "sync_core exact; flush_tlb_all 987 vs 944, flush_tlb_kernel_range 45 vs 55 (unload 6 vs 17: "
+        "unload purges full in the kernel, ranged here - VA layout), vmap_purges 263 vs 246 (load 46 vs 33): "
+        "exited tasks' stacks freed during a load's CPAs are purged by its next CPA (the emulated load is "
+        "atomic); the ROX cache's chunks at the start are unknown, so text lands in other chunks; "
+        "L2 splits 20 vs 15")),
 ]
 
 

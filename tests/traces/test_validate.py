@@ -175,3 +175,15 @@ def test_lifetimes_module_init_free_only_once():
     ops = np.array([OP_CODE[o] for o in ("module_load", "module_init_free", "module_init_free")])
     life.feed(np.arange(3), ops, np.array([5, 5, 5]), np.array([100, 0, 0]), np.array([40, 0, 0]))
     assert seen == [("free_not_live", 2)] and life.live[0] == {5: [0, 60, 0]}
+
+
+def test_lifetimes_module_init_once_per_load_of_a_live_module():
+    # GIVEN module 5 loaded, inited twice, then an init of never-loaded module 6
+    seen = []
+    life = Lifetimes(lambda kind, what, fix, row, column: seen.append((kind, row)))
+    from traces.schema import OP_CODE
+    ops = np.array([OP_CODE[o] for o in ("module_load", "module_init", "module_init", "module_init",
+                                         "module_unload", "module_load", "module_init")])
+    # WHEN fed THEN the second init and the init of the unknown id are problems; a reload may init again
+    life.feed(np.arange(7), ops, np.array([5, 5, 5, 6, 5, 5, 5]), np.full(7, 100), np.zeros(7, np.int64))
+    assert seen == [("load_live", 2), ("free_not_live", 3)]

@@ -611,7 +611,12 @@ class KernelEventConverter:
         other tasks freed while the loader was still relocating.
         """
         self._end_purge(pid, "")
-        if (w := self._windows.get(pid)) is not None:
+        w = self._windows.get(pid)
+        if w is None and (mid := self._do_init.pop(pid, None)) is not None:
+            # the loader's first CPA after the module:module_load tracepoint is do_init_module's
+            # after-init set_memory_ro: the module's init has returned
+            self._emit(ts, cpu, "module_init", mid, pid=pid)
+        if w is not None:
             w.setmem.append((which, addr, npages))
             if w.cpa_row is None and w.rows:
                 w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)

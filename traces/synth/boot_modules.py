@@ -14,12 +14,12 @@ Generative model (all times from trace start, ns):
 - Loads: udev coldplug, start times uniform over ``[1.5 s, 7.5 s)``; the
   module loader first vmallocs a copy of the ``.ko`` (``load_module`` ->
   ``copy_module_from_user``), the module goes live after relocation
-  (0.5 ms + 1 ms per MiB); the copy is vfree'd just before the module goes
-  live (6.1 ``load_module``: ``free_copy`` then ``trace_module_load`` then
-  ``do_init_module``, so the importer's ``module_load`` event, placed at the
-  ``module:module_load`` tracepoint, also follows the copy's free), and the init sections are freed when init returns plus an RCU grace
-  period (``do_init_module`` -> ``do_free_init``): init time
-  LogNormal(median 1 ms, sigma 1.5, at most 2 s) + 10 ms.
+  (0.5 ms + 1 ms per MiB; ``module_load`` = ``complete_formation``), the
+  copy is vfree'd 5 us later (``free_copy``), ``module_init`` when the
+  module's init returns (``do_init_module``: ro_after_init made read-only,
+  whose purge flushes the copy), and the init sections are freed after an
+  RCU grace period (``do_free_init``): init time LogNormal(median 1 ms,
+  sigma 1.5, at least 10 us, at most 2 s), init free 10 ms after it.
 - A few unloads (``U{2..6}`` modules, uniform over the rest of the trace)
   and half of them reloaded 0.5-5 s later (a new id; the kernel frees the
   old ``struct module`` on rmmod).
@@ -87,7 +87,7 @@ class ModuleBoot:
         self.script = take(script, np.argsort(script["ts"], kind="stable"))
 
     def _loads(self, ids: Ids, rng: np.random.Generator, t, idx) -> Events:
-        """vmalloc(.ko copy) -> vfree(copy) -> module_load -> module_init_free, per module ``idx``."""
+        """vmalloc(.ko copy) -> module_load -> vfree(copy) -> module_init -> module_init_free, per module ``idx``."""
         m = {k: v[idx] for k, v in self.mods.items()}
         n = len(idx)
         t = np.asarray(t, dtype=np.uint64)
@@ -97,9 +97,10 @@ class ModuleBoot:
         copy, mod = ids.take(n), ids.take(n)
         return concat([
             make_events(t, "vmalloc", id=copy, size=m["ko"]),
-            make_events(t_live - np.uint64(5 * US), "vfree", id=copy),
             make_events(t_live, "module_load", id=mod, size=total, owner=m["owner"],
                         patch_sites=m["patch_sites"], **{c: m[c] for c in SECTION_COLUMNS}),
+            make_events(t_live + np.uint64(5 * US), "vfree", id=copy),
+            make_events(t_live + init_ns.astype(np.uint64), "module_init", id=mod, owner=m["owner"]),
             make_events(t_live + (init_ns + 10 * MS).astype(np.uint64), "module_init_free", id=mod,
                         owner=m["owner"]),
         ])
