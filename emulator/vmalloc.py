@@ -94,8 +94,8 @@ class VmapRange:
         if align != 1:
             return self._alloc_aligned(n, align)
         cmax = self.cmax
-        for c in range(len(cmax)):
-            if cmax[c] < n:
+        for c, m in enumerate(cmax):   # cmax changes only where the loop continues or returns
+            if m < n:
                 continue
             st, en = self.cs[c], self.ce[c]
             for i in range(len(st)):
@@ -253,6 +253,7 @@ class Vmalloc:
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued
+        self.plain: dict[int, tuple[int, int, list[int]]] = {}   # trace id -> vmalloc_plain area
 
     # -- allocation -------------------------------------------------------------
 
@@ -290,16 +291,26 @@ class Vmalloc:
             area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
         return area
 
-    def vmalloc_plain(self, nr_pages: int) -> tuple[int, int, list[int]]:
-        """The common case of :meth:`vmalloc` (vmalloc range, 4K pages, no flags) as a tuple ``(addr, n, pfns)``."""
-        vr = self.vmalloc_range
-        addr = vr.alloc(nr_pages + 1)
-        if addr is None:
-            addr = self._alloc_va(vr, nr_pages + 1, 1)
-        return addr, nr_pages, self.pages.alloc_pages(nr_pages)
+    def vmalloc_plain(self, id: int, size: int) -> None:
+        """The common case of :meth:`vmalloc` (vmalloc range, 4K pages, no flags) for trace ``id`` of
+        ``size`` bytes; the area is kept in :attr:`plain` as a tuple ``(addr, n, pfns)``.
 
-    def vfree_plain(self, area: tuple[int, int, list[int]]) -> None:
-        """:meth:`vfree` of a :meth:`vmalloc_plain` area."""
+        The id table lives here, not in the policy: the replay loop calls this directly (~440k
+        times a 1M-event trace), one call level less."""
+        live = self.plain
+        if id in live:
+            raise KernelFault(f"vmalloc id {id} is already live")
+        n = (size + 4095) >> 12 or 1
+        addr = self.vmalloc_range.alloc(n + 1)
+        if addr is None:
+            addr = self._alloc_va(self.vmalloc_range, n + 1, 1)
+        live[id] = (addr, n, self.pages.alloc_pages(n))
+
+    def vfree_plain(self, id: int) -> None:
+        """:meth:`vfree` of the :meth:`vmalloc_plain` area of trace ``id``."""
+        area = self.plain.pop(id, None)      # the hottest hook: no try/except frame
+        if area is None:
+            raise KernelFault(f"free of unknown vmalloc id {id} (never allocated or already freed)")
         start, n, pfns = area
         end = start + n + 1
         # free_vmap_area_noflush inlined: ~440k plain vfrees a 1M-event trace

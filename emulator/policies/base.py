@@ -88,9 +88,10 @@ class Policy:
         """Bind to a booted kernel and set the release's CPA behaviour (5.10: NX-only skips the alias)."""
         self.k = k
         self.vm = k.vm
-        self._vmalloc_plain, self._vfree_plain = k.vm.vmalloc_plain, k.vm.vfree_plain   # bound once: hottest hooks
+        if type(self).vmalloc is Policy.vmalloc and type(self).vfree is Policy.vfree:
+            # the hottest hooks go straight to the kernel: one call level less (see Vmalloc.vmalloc_plain)
+            self.vmalloc, self.vfree = k.vm.vmalloc_plain, k.vm.vfree_plain
         k.cpa_alias_nx_kludge = True
-        self.vmallocs: dict[int, tuple] = {}
         self.modules: dict[int, list] = {}
         self.progs: dict[int, object] = {}
         self.execs: dict[int, object] = {}
@@ -229,16 +230,12 @@ class Policy:
     # -- plain vmalloc ---------------------------------------------------------
 
     def vmalloc(self, id: int, size: int) -> None:
-        live = self.vmallocs
-        if id in live:
-            raise KernelFault(f"vmalloc id {id} is already live")
-        live[id] = self._vmalloc_plain((size + 4095) >> 12 or 1)
+        """A plain ``vmalloc`` of ``size`` bytes (:meth:`attach` binds it to ``Vmalloc.vmalloc_plain``)."""
+        self.vm.vmalloc_plain(id, size)
 
     def vfree(self, id: int) -> None:
-        area = self.vmallocs.pop(id, None)      # the hottest hook: no try/except frame
-        if area is None:
-            raise KernelFault(f"free of unknown vmalloc id {id} (never allocated or already freed)")
-        self._vfree_plain(area)
+        """``vfree`` of a plain vmalloc (:meth:`attach` binds it to ``Vmalloc.vfree_plain``)."""
+        self.vm.vfree_plain(id)
 
     # -- patching and pressure ---------------------------------------------------
 
