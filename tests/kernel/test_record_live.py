@@ -69,10 +69,29 @@ def assert_unchanged(watch) -> None:
     assert [m for m in Path("/proc/mounts").read_text().splitlines() if str(d) not in m] == mounts
 
 
+DEFAULT_TRACEFS = [Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")]
+
+
+def wait_recording(pid: int, roots: list[Path], timeout: float = 60) -> None:
+    """Wait until ``permtrace record`` (process ``pid``) traces: its instance's tracing_on reads 1.
+
+    That is Recorder.start's last step; setup (probe program, settle) takes a second or more.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for root in [*roots, *Path(tempfile.gettempdir()).glob("permtrace-tracefs-*")]:
+            try:
+                if (root / "instances" / f"permtrace-{pid}" / "tracing_on").read_text().strip() == "1":
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    pytest.fail("recording never started")
+
+
 LOADER = textwrap.dedent("""
     import os, sys, time
     from traces import bpfload
-    time.sleep(1.0)
     fds = []
     for i in range(60):
         fds.append(bpfload.load_ebpf(4096))
@@ -87,13 +106,17 @@ LOADER = textwrap.dedent("""
 @pytest.mark.parametrize("use_watch_mount", [False, True])
 def test_record_5s_while_bpf_loads_validates_replays_and_restores(tmp_path, watch, use_watch_mount):
     out = tmp_path / "host.parquet"
-    loader = subprocess.Popen([sys.executable, "-c", LOADER], cwd=Path(__file__).parents[2])
     cmd = [*PERMTRACE, "record", "--out", str(out), "--duration", "5"]
     if use_watch_mount:
         cmd += ["--tracefs", str(watch[0])]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    rec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).parents[2])
+    roots = [watch[0]] if use_watch_mount else DEFAULT_TRACEFS
+    wait_recording(rec.pid, roots)         # programs loaded before the start are not traced
+    loader = subprocess.Popen([sys.executable, "-c", LOADER], cwd=Path(__file__).parents[2])
+    _, err = rec.communicate(timeout=120)
     assert loader.wait(30) == 0
-    assert r.returncode == 0, r.stderr
+    assert rec.returncode == 0, err
     assert validate_trace(out) == []
     trace = pl.read_parquet(out)
     loads = trace.filter(pl.col("op") == "bpf_prog_load")
@@ -118,19 +141,7 @@ def test_record_interrupted_restores_tracing(tmp_path, watch, sig, args, code):
     out = tmp_path / "t.parquet"
     p = subprocess.Popen([*PERMTRACE, "record", "--out", str(out), "--tracefs", str(watch[0]), *args],
                          cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    inst = watch[0] / "instances" / f"permtrace-{p.pid}"
-    deadline = time.monotonic() + 20
-    # Recording has begun once the instance's tracing_on reads 1 (Recorder.start's last step);
-    # a signal during setup (probe program, settle) aborts by design, whatever the mode.
-    while time.monotonic() < deadline:
-        try:
-            if (inst / "tracing_on").read_text().strip() == "1":
-                break
-        except OSError:
-            pass
-        time.sleep(0.05)
-    else:
-        pytest.fail("recording never started")
+    wait_recording(p.pid, [watch[0]])      # a signal during setup aborts by design, whatever the mode
     time.sleep(0.5)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
