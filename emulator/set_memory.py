@@ -30,15 +30,10 @@ from emulator.vmalloc import VM_ALLOW_HUGE_VMAP, vm_struct
 _PAGE_TABLES = WASTE_CAUSES.index("page_tables")
 
 
-_TABLES: dict[tuple[int, int], bytes] = {}
-
-
-def _table(keep: int, mask_set: int) -> bytes:
-    """``bytes.translate`` table applying ``(prot & keep) | mask_set`` to every page at C speed."""
-    t = _TABLES.get((keep, mask_set))
-    if t is None:
-        t = _TABLES[keep, mask_set] = bytes((b & keep) | mask_set for b in range(256))
-    return t
+#: ``bytes.translate`` tables applying ``(prot & keep) | mask_set`` to every page at C speed,
+#: indexed ``keep << 3 | mask_set`` (protections are 3 bits: P, RW, NX).
+_TABLES: list[bytes] = [bytes((b & keep) | mask_set for b in range(256))
+                        for keep in range(8) for mask_set in range(8)]
 
 
 def _split_vmalloc_pmd(k, area: vm_struct, pmd: int) -> None:
@@ -110,7 +105,7 @@ def change_page_attr_set_clr(k, area: vm_struct, first: int, n: int, mask_set: i
     prot = area.prot
     keep = 7 & ~mask_clr
     old = prot[first:first + n]
-    new = old.translate(_table(keep, mask_set))
+    new = old.translate(_TABLES[keep << 3 | mask_set])
     changed = new != old
     whole_large = False
     if area.pmd_huge:

@@ -40,7 +40,7 @@ from emulator.errors import KernelFault
 from emulator.result import WASTE_CAUSES
 from emulator.set_memory import set_memory_nx, set_memory_ro, set_memory_x
 from emulator.text_poke import jump_label_add_module, text_poke_bp_batch
-from emulator.vmalloc import VM_FLUSH_RESET_PERMS, vm_struct
+from emulator.vmalloc import VFREE, VM_FLUSH_RESET_PERMS, VMALLOC, vm_struct
 
 PAGE_SIZE = 4096
 PAGE_ROUNDING = WASTE_CAUSES.index("page_rounding")
@@ -88,9 +88,6 @@ class Policy:
         """Bind to a booted kernel and set the release's CPA behaviour (5.10: NX-only skips the alias)."""
         self.k = k
         self.vm = k.vm
-        if type(self).vmalloc is Policy.vmalloc and type(self).vfree is Policy.vfree:
-            # the hottest hooks go straight to the kernel: one call level less (see Vmalloc.vmalloc_plain)
-            self.vmalloc, self.vfree = k.vm.vmalloc_plain, k.vm.vfree_plain
         k.cpa_alias_nx_kludge = True
         self.modules: dict[int, list] = {}
         self.progs: dict[int, object] = {}
@@ -230,12 +227,18 @@ class Policy:
     # -- plain vmalloc ---------------------------------------------------------
 
     def vmalloc(self, id: int, size: int) -> None:
-        """A plain ``vmalloc`` of ``size`` bytes (:meth:`attach` binds it to ``Vmalloc.vmalloc_plain``)."""
-        self.vm.vmalloc_plain(id, size)
+        """A plain ``vmalloc`` of ``size`` bytes (``Vmalloc.run``).
+
+        While neither this nor :meth:`vfree` is overridden, the replay hands
+        the trace to ``Vmalloc.run``, which serves plain events itself.
+        """
+        k = self.k
+        self.vm.run(((0, VMALLOC, id, size, k.now),), None, k.stat, k.stat)
 
     def vfree(self, id: int) -> None:
-        """``vfree`` of a plain vmalloc (:meth:`attach` binds it to ``Vmalloc.vfree_plain``)."""
-        self.vm.vfree_plain(id)
+        """``vfree`` of a plain vmalloc (``Vmalloc.run``)."""
+        k = self.k
+        self.vm.run(((0, VFREE, id, 0, k.now),), None, k.stat, k.stat)
 
     # -- patching and pressure ---------------------------------------------------
 
