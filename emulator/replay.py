@@ -19,8 +19,9 @@ from emulator.errors import KernelFault, ReplayError
 from emulator.machine import Machine
 from emulator.policies.base import Policy
 from emulator.result import WASTE_CAUSES, ReplayResult
+from emulator.vmalloc import VMALLOC_STACK
 from traces.io import iter_event_batches, num_events
-from traces.schema import OP_CODE, OPS, SECTION_COLUMNS
+from traces.schema import OP_CODE, OPS, OWNERS, SECTION_COLUMNS, THREAD_STACK
 
 #: Counters sampled into the timeline (plus DirectMap4k and live waste).
 TIMELINE_COUNTERS: tuple[str, ...] = (
@@ -31,6 +32,7 @@ TIMELINE_COUNTERS: tuple[str, ...] = (
 
 (MODULE_LOAD, MODULE_INIT_FREE, MODULE_UNLOAD, BPF_PROG_LOAD, BPF_PROG_FREE, EXEC_ALLOC,
  EXEC_FREE, VMALLOC, VFREE, TEXT_PATCH, MEM_PRESSURE, MODULE_INIT) = (OP_CODE[o] for o in OPS[:12])
+THREAD_STACK_CODE = OWNERS.index(THREAD_STACK)
 
 
 def _sample_points(n: int, points: int) -> list[int]:
@@ -73,6 +75,7 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
     stats = [k.op_stats(op) for op in OPS]
     for d in stats:
         d["events"] = 0
+    stats.append(stats[VMALLOC])              # VMALLOC_STACK: counted as a vmalloc
     p = policy
     module_load, module_init_free, module_unload = p.module_load, p.module_init_free, p.module_unload
     bpf_prog_load, bpf_prog_free, exec_alloc, exec_free = p.bpf_prog_load, p.bpf_prog_free, p.exec_alloc, p.exec_free
@@ -88,7 +91,7 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
             bpf_prog_load(id, size)
         elif op == BPF_PROG_FREE:
             bpf_prog_free(id)
-        elif op == VMALLOC:
+        elif op == VMALLOC or op == VMALLOC_STACK:   # an overriding policy sees no alignment
             vmalloc(id, size)
         elif op == VFREE:
             vfree(id)
@@ -143,7 +146,9 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
         counts = np.bincount(cols["op"], minlength=len(OPS))
         for code in np.flatnonzero(counts):
             stats[code]["events"] += int(counts[code])
-        ops = cols["op"].tolist()
+        op = cols["op"]
+        stack = (op == VMALLOC) & (cols["owner"] == THREAD_STACK_CODE)
+        ops = (np.where(stack, VMALLOC_STACK, op) if stack.any() else op).tolist()
         ids = cols["id"].tolist()
         sizes = cols["size"].tolist()
         tss = cols["ts_ns"].tolist()
@@ -161,7 +166,7 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
                 lo = hi
         except KernelFault as e:
             i = e.row_index - row0
-            raise ReplayError(str(e), row=e.row_index, ts_ns=tss[i], op=OPS[ops[i]], id=ids[i],
+            raise ReplayError(str(e), row=e.row_index, ts_ns=tss[i], op=OPS[cols["op"][i]], id=ids[i],
                               file=None if isinstance(trace, pa.Table) else str(trace)) from None
         base += n
         t_last = tss[-1]

@@ -25,7 +25,7 @@ import numpy as np
 from emulator.direct_map import P, RW, SMALL_CPA
 from emulator.errors import KernelFault
 from emulator.tlb import flush_tlb_kernel_range
-from traces.schema import OP_CODE
+from traces.schema import OP_CODE, OPS
 
 PAGE_OFFSET = 0xffff888000000000 >> 12          # __PAGE_OFFSET_BASE_L4
 VMALLOC_START = 0xffffc90000000000 >> 12
@@ -37,6 +37,11 @@ VM_FLUSH_RESET_PERMS = 0x100
 VM_ALLOW_HUGE_VMAP = 0x400
 PMD_PAGES = 512
 VMALLOC, VFREE = OP_CODE["vmalloc"], OP_CODE["vfree"]
+#: The replay's code for a ``vmalloc`` owned by ``thread_stack`` (not a trace op).
+VMALLOC_STACK = len(OPS)
+#: ``THREAD_ALIGN`` in pages: ``alloc_thread_stack_node`` vmallocs THREAD_SIZE (16 KiB) at
+#: THREAD_ALIGN = THREAD_SIZE (arch/x86/include/asm/page_64_types.h, KASAN off).
+THREAD_ALIGN_PAGES = 4
 #: Free VA blocks per chunk of :class:`VmapRange`.
 CHUNK = 16
 #: ``(lazy_lo, lazy_hi)`` with nothing queued: any queued VA lowers the first and raises the second.
@@ -298,7 +303,8 @@ class Vmalloc:
         every other op through ``dispatch(*event)``.
 
         A plain vmalloc of ``size`` bytes is ``__vmalloc_node_range`` in the
-        vmalloc range with order-0 pages and no flags, kept in :attr:`plain`
+        vmalloc range with order-0 pages and no flags (a :data:`VMALLOC_STACK`
+        one at ``THREAD_ALIGN``), kept in :attr:`plain`
         by trace id as ``(addr, n, pfns)``; its vfree queues the VA lazily
         (``free_vmap_area_noflush``, inlined) and frees the pages.  A purge
         either triggers is charged to ``stat_vmalloc``/``stat_vfree``.  A
@@ -319,14 +325,15 @@ class Vmalloc:
         i = -1
         try:
             for i, op, id, size, ts in events:
-                if op == VMALLOC:
+                if op == VMALLOC or op == VMALLOC_STACK:
                     if id in live:
                         raise KernelFault(f"vmalloc id {id} is already live")
                     n = (size + 4095) >> 12 or 1
-                    addr = alloc(n + 1)
+                    align = 1 if op == VMALLOC else THREAD_ALIGN_PAGES
+                    addr = alloc(n + 1, align)
                     if addr is None:
                         k.stat = stat_vmalloc
-                        addr = self._alloc_va(vrange, n + 1, 1)
+                        addr = self._alloc_va(vrange, n + 1, align)
                     live[id] = (addr, n, alloc_pages(n))
                 elif op == VFREE:
                     area = live.pop(id, None)

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from traces.errors import TraceError
 from traces.schema import (
     COLUMNS,
-    EXEC_OWNERS,
     META_PREFIX,
     OPS,
+    OWNERS,
     SCHEMA,
     SCHEMA_VERSION,
 )
@@ -32,7 +32,7 @@ from traces.schema import (
 TraceSource = str | os.PathLike | pa.Table
 
 _OPS_ARRAY = pa.array(OPS, pa.string())
-_OWNERS_ARRAY = pa.array(EXEC_OWNERS, pa.string())
+_OWNERS_ARRAY = pa.array(OWNERS, pa.string())
 
 
 @contextmanager
@@ -161,7 +161,7 @@ def iter_event_batches(source: TraceSource, batch_size: int = 1 << 16) -> Iterat
     """Stream a trace as dicts of numpy columns: the emulator's only view of a trace.
 
     ``op`` is encoded as ``uint8`` per :data:`traces.schema.OP_CODE`;
-    ``owner`` as ``int16`` index into :data:`traces.schema.EXEC_OWNERS`
+    ``owner`` as ``int16`` index into :data:`traces.schema.OWNERS`
     (-1 for any other owner or none).  An unknown op raises TraceError.
     All other columns keep their schema dtype.  ``row`` is the 0-based
     row index of each event in the file.

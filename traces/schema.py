@@ -57,6 +57,12 @@ SECTION_COLUMNS: tuple[str, ...] = (
 
 #: Executable-allocation owners the synthetic workloads and importers use.
 EXEC_OWNERS: tuple[str, ...] = ("kprobes", "ftrace", "bpf_trampoline", "bpf_dispatcher")
+#: ``vmalloc`` owner of a task's kernel stack (``alloc_thread_stack_node``, CONFIG_VMAP_STACK):
+#: its VA is THREAD_ALIGN (16 KiB) aligned, which decides where the areas after it land.
+THREAD_STACK = "thread_stack"
+#: Owners the emulator tells apart (``traces.io.iter_event_batches`` codes ``owner`` by this
+#: tuple); append only.
+OWNERS: tuple[str, ...] = (*EXEC_OWNERS, THREAD_STACK)
 
 #: The Arrow schema written by :func:`traces.io.write_trace`.  Readers also
 #: accept ``op``/``owner`` as dictionary-encoded strings.

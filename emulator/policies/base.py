@@ -78,6 +78,7 @@ class Policy:
     SIMPLIFICATIONS: ClassVar[tuple[str, ...]] = (
         "bpf_trampoline/dispatcher pages are modelled like kprobes (ro + x); 5.10 mapped them W+X",
         "a trace without module_init events replays do_init_module's after-init set_memory_ro at the init free",
+        "a policy that overrides vmalloc/vfree gets thread_stack vmallocs without their THREAD_ALIGN",
     )
 
     def params(self) -> dict[str, object]:

@@ -14,7 +14,8 @@ from emulator.result import LEVEL_1G, LEVEL_2M, LEVEL_4K
 from emulator.set_memory import set_memory_nx, set_memory_ro, set_memory_rox, set_memory_rw, set_memory_x
 from emulator.text_poke import text_poke_bp_batch, text_poke_copy
 from emulator.tlb import flush_tlb_all, flush_tlb_kernel_range
-from emulator.vmalloc import MODULES_VADDR, PAGE_OFFSET, VM_ALLOW_HUGE_VMAP, VM_FLUSH_RESET_PERMS
+from emulator.vmalloc import (MODULES_VADDR, PAGE_OFFSET, VM_ALLOW_HUGE_VMAP, VM_FLUSH_RESET_PERMS, VMALLOC,
+                              VMALLOC_STACK, VMALLOC_START)
 
 GIB_KB = 1 << 20
 
@@ -54,6 +55,17 @@ def test_vmalloc_first_fit_with_guard_page_and_no_flush():
     k.vm.vfree(a)
     k.vm.purge_vmap_area_lazy()
     assert k.vm.vmalloc(2, k.vm.module_range).addr == MODULES_VADDR
+
+
+def test_thread_stack_vmalloc_is_thread_align_aligned_and_leaves_the_hole_first_fit():
+    k = kernel()
+    # GIVEN a 1-page plain area (VA: page + guard) WHEN a 16 KiB thread stack follows
+    k.vm.run([(0, VMALLOC, 1, 4096, 0), (1, VMALLOC_STACK, 2, 16384, 0), (2, VMALLOC, 3, 4096, 0)],
+             None, k.stat, k.stat)
+    # THEN the stack starts at the next THREAD_ALIGN (4-page) boundary, as alloc_thread_stack_node
+    # asks, and the next 1-page area takes the hole the alignment left
+    addr = {id: area[0] - VMALLOC_START for id, area in k.vm.plain.items()}
+    assert addr == {1: 0, 2: 4, 3: 2}
 
 
 @pytest.mark.parametrize("nr_cpus, expect", [(1, 8192), (2, 16384), (8, 32768), (64, 57344)])

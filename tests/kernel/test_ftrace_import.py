@@ -48,6 +48,20 @@ def test_line_formats_all_parse(tmp_path, prefix):
     assert summary.metadata["nr_cpus"] == "2"
 
 
+def test_thread_align_vmallocs_are_thread_stacks(tmp_path):
+    # GIVEN a 16 KiB-aligned vmalloc (alloc_thread_stack_node), as the 6.12 tracepoint and the
+    # 6.1 kprobes print it, and a page-aligned one
+    lines = [f"p-1 [000] ..... 1.0: alloc_vmap_area: va_start: 4096 size=20480 align=16384 {VMAL} failed=0",
+             f"p-1 [000] ..... 1.1: alloc_va: (alloc_vmap_area+0x0/0x880) size=20480 align=16384 {VMAL}",
+             "p-1 [000] ..... 1.2: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000010000 "
+             "va_end=0xffffc90000015000",
+             f"p-1 [000] ..... 1.3: alloc_vmap_area: va_start: 131072 size=20480 align=4096 {VMAL} failed=0"]
+    # WHEN imported THEN the aligned ones are owned by thread_stack (the emulator aligns them)
+    _, trace, _ = run(tmp_path, lines)
+    assert trace.select("op", "size", "owner").rows() == [
+        ("vmalloc", 16384, "thread_stack"), ("vmalloc", 16384, "thread_stack"), ("vmalloc", 16384, None)]
+
+
 def test_hex_and_decimal_addresses_join(tmp_path):
     # GIVEN an area allocated with its address in decimal (6.18) and freed in hex
     lines = ["p-1 [000] ..... 1.000000: alloc_vmap_area: va_start: 18446683600598831104 size=8192 "

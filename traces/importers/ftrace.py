@@ -130,6 +130,11 @@ def _fields(body: str, *names: str) -> list[int]:
     return [_int(kv[n]) for n in names]
 
 
+def _align(body: str) -> int:
+    """``alloc_vmap_area``'s ``align`` (bytes; a page when the line has none)."""
+    return _fields(body, "align")[0] if "align=" in body else 4096
+
+
 def _func(body: str, key: str) -> str:
     m = re.search(key + r"=(\S+)", body)
     if not m or not (f := _FUNC.match(m.group(1))):
@@ -249,7 +254,7 @@ class FtraceParser:
             va, size, vstart, failed = _fields(body, "va_start", "size", "vstart", "failed")
             if failed:
                 return False
-            c.alloc(ts, cpu, pid, task, va, size, vstart)
+            c.alloc(ts, cpu, pid, task, va, size, vstart, _align(body))
         elif ev == "free_vmap_area_noflush":
             va, nr_lazy = _fields(body, "va_start", "nr_lazy")
             c.free(ts, cpu, pid, task, va, nr_lazy)
@@ -259,7 +264,7 @@ class FtraceParser:
             c.csd_queue(ts, cpu, pid, task, _fields(body, "cpu")[0], _func(body, "func"))
         elif ev == "alloc_va":                             # kprobes of qemu/init.sh (6.1)
             size, vstart = _fields(body, "size", "vstart")
-            c.alloc_entry(pid, size, vstart)
+            c.alloc_entry(pid, size, vstart, _align(body))
         elif ev == "alloc_va_ret":
             if not c.alloc_return(ts, cpu, pid, task, _fields(body, "va_start")[0]):
                 raise Malformed("kretprobe without its alloc_va entry")

@@ -64,9 +64,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from traces.importers.bpftool import BpfProg
-from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS
+from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS, THREAD_STACK
 
 PAGE_SIZE = 4096
+#: ``THREAD_ALIGN`` (= THREAD_SIZE, 16 KiB on x86-64 without KASAN): the alignment
+#: ``alloc_thread_stack_node`` asks of ``__vmalloc_node``; no other vmalloc asks for it here.
+THREAD_ALIGN = 16384
 ULONG_MAX = (1 << 64) - 1
 #: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
@@ -385,8 +388,10 @@ class KernelEventConverter:
         if before is not None and value != before:
             self.observe(ts, kind, value - before, row)
 
-    def alloc(self, ts: int, cpu: int, pid: int, comm: str, va: int, size: int, vstart: int) -> None:
-        """``alloc_vmap_area`` returned ``va``; ``size`` includes the guard page."""
+    def alloc(self, ts: int, cpu: int, pid: int, comm: str, va: int, size: int, vstart: int,
+              align: int = PAGE_SIZE) -> None:
+        """``alloc_vmap_area`` returned ``va``; ``size`` includes the guard page; a
+        ``THREAD_ALIGN``-aligned vmalloc is a task's stack (owner ``thread_stack``)."""
         self.advance(ts)
         self._area_pages[va] = size // PAGE_SIZE
         if self.setup:
@@ -397,7 +402,8 @@ class KernelEventConverter:
                 return
             self._next_vm += 1
             self._vm[va] = self._next_vm
-            self._emit(ts, cpu, "vmalloc", self._next_vm, max(size - PAGE_SIZE, 0), pid=pid)
+            self._emit(ts, cpu, "vmalloc", self._next_vm, max(size - PAGE_SIZE, 0),
+                       THREAD_STACK if align == THREAD_ALIGN else None, pid=pid)
             if self._loading is not None and self._loading[0] == pid:
                 # bpf_prog_alloc's struct bpf_prog (and what else the load keeps): freed by
                 # the program's deferred free (_bpf_release)
@@ -420,16 +426,16 @@ class KernelEventConverter:
             self._exec[va] = ("exec", self._next_exec)
         self.observe(ts, "exec_area_alloc", 1, self._sticky.get(pid))
 
-    def alloc_entry(self, pid: int, size: int, vstart: int) -> None:
+    def alloc_entry(self, pid: int, size: int, vstart: int, align: int = PAGE_SIZE) -> None:
         """kprobe ``alloc_vmap_area`` entry (the kretprobe gives the address)."""
-        self._pending_alloc[pid] = (size, vstart)
+        self._pending_alloc[pid] = (size, vstart, align)
 
     def alloc_return(self, ts: int, cpu: int, pid: int, comm: str, va: int) -> bool:
         """kretprobe ``alloc_vmap_area``; False if no entry was seen for this task."""
         entry = self._pending_alloc.pop(pid, None)
         if entry is None:
             return False
-        self.alloc(ts, cpu, pid, comm, va, entry[0], entry[1])
+        self.alloc(ts, cpu, pid, comm, va, *entry)
         return True
 
     def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
