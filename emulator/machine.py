@@ -17,7 +17,7 @@ from emulator.direct_map import DirectMap
 from emulator.page_alloc import PageAllocator
 from emulator.result import WASTE_CAUSES
 from emulator.tlb import TLB_SINGLE_PAGE_FLUSH_CEILING
-from emulator.vmalloc import Vmalloc
+from emulator.vmalloc import VMALLOC_END, VMALLOC_START, Vmalloc
 from traces.errors import PermtraceError
 
 PAGE_SHIFT = 12
@@ -71,6 +71,11 @@ class Machine:
         ``get_module_load_offset``); the 6.18 ground-truth host ran without.
     tlb_single_page_flush_ceiling
         Pages above which a ranged flush becomes a full one (arch/x86/mm/tlb.c).
+    vmalloc_busy
+        VA of the vmalloc range already allocated at boot of the replay, as
+        ``OFFSET+PAGES,...`` in pages from ``VMALLOC_START`` (a recorded
+        trace's ``vmalloc_busy`` metadata: the kernel's layout before tracing,
+        which decides where new areas land and so how wide purges are).
     """
 
     nr_cpus: int = 64
@@ -79,6 +84,7 @@ class Machine:
     fragmentation: str = "fresh"
     kaslr: bool = True
     tlb_single_page_flush_ceiling: int = TLB_SINGLE_PAGE_FLUSH_CEILING
+    vmalloc_busy: str = ""
 
     def __post_init__(self) -> None:
         if self.nr_cpus < 1:
@@ -89,6 +95,10 @@ class Machine:
             object.__setattr__(self, "direct_map", tuple(int(v) for v in self.direct_map))
             if len(self.direct_map) != 3 or min(self.direct_map) < 0:
                 raise PermtraceError(f"direct_map must be (DirectMap4k, DirectMap2M, DirectMap1G) kB, got {self.direct_map}")
+        if self.vmalloc_busy and not (re.fullmatch(r"\d+\+\d+(,\d+\+\d+)*", self.vmalloc_busy) and max(
+                sum(map(int, b.split("+"))) for b in self.vmalloc_busy.split(",")) < VMALLOC_END - VMALLOC_START):
+            raise PermtraceError("vmalloc_busy must be 'OFFSET+PAGES,...' (pages) inside the 32 TiB vmalloc "
+                                 f"range, got {self.vmalloc_busy[:40]!r}")
         if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
             raise PermtraceError(
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
@@ -97,8 +107,9 @@ class Machine:
     def from_metadata(cls, meta: dict[str, str], **overrides) -> Machine:
         """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
 
-        Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G`` and
-        ``buddyinfo`` when present; anything missing keeps the default.
+        Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G``,
+        ``buddyinfo`` and ``vmalloc_busy`` when present; anything missing
+        keeps the default.
         """
         kw: dict[str, object] = {}
         try:
@@ -113,6 +124,8 @@ class Machine:
             kw["direct_map"] = tuple(v or 0 for v in dm)
         if meta.get("buddyinfo", "").strip():
             kw["fragmentation"] = meta["buddyinfo"]
+        if meta.get("vmalloc_busy"):
+            kw["vmalloc_busy"] = meta["vmalloc_busy"]
         known = {f.name for f in fields(cls)}
         bad = set(overrides) - known
         if bad:
@@ -173,8 +186,9 @@ class Kernel:
         self._waste_ts = None
         self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng)
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
+        busy = [tuple(map(int, b.split("+"))) for b in machine.vmalloc_busy.split(",") if b]
         self.vm = Vmalloc(self, machine.lazy_max_pages,
-                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0)
+                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0, busy=busy)
 
     def op_stats(self, op: str) -> dict[str, int]:
         d = self.per_op.get(op)

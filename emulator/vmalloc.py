@@ -65,10 +65,18 @@ class VmapRange:
     kept aside in ``tiny`` until a free merges them.
     """
 
-    def __init__(self, name: str, start: int, end: int) -> None:
+    def __init__(self, name: str, start: int, end: int, busy: list[tuple[int, int]] = ()) -> None:
+        """``busy``: ``(offset, pages)`` blocks from ``start`` allocated before the replay began."""
         self.name, self.start, self.end = name, start, end
         self.lazy: list[tuple[int, int]] = []      # freed, not yet purged (vmap_purge_list)
-        self._set([start], [end])
+        starts, ends, pos = [], [], start
+        for off, n in sorted(busy):
+            if start + off > pos:
+                starts.append(pos)
+                ends.append(start + off)
+            pos = max(pos, start + off + n)
+        self._set(starts + [pos], ends + [end])
+        self._whole = self.blocks()                # the free space at start: is_whole compares to it
 
     def _set(self, starts: list[int], ends: list[int]) -> None:
         self.tiny = {x for x, y in zip(starts, ends) if y - x == 1}
@@ -229,7 +237,8 @@ class VmapRange:
         self.cfirst[c:c + 1] = [self.cfirst[c], st[h]]
 
     def is_whole(self) -> bool:
-        return not self.tiny and self.blocks() == ([self.start], [self.end])
+        """True when the free space is what it was at start (everything since freed and purged)."""
+        return self.blocks() == self._whole
 
 
 class vm_struct:  # noqa: N801 - the kernel's name
@@ -252,11 +261,12 @@ class vm_struct:  # noqa: N801 - the kernel's name
 class Vmalloc:
     """The vmap areas of one kernel: the vmalloc range, the module range and the lazy-free list."""
 
-    def __init__(self, k, lazy_max_pages: int, module_offset: int = 0) -> None:
+    def __init__(self, k, lazy_max_pages: int, module_offset: int = 0,
+                 busy: list[tuple[int, int]] = ()) -> None:
         self.k = k
         self.pages = k.pages
         self.lazy_max_pages = lazy_max_pages
-        self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END)
+        self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END, busy)
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued

@@ -13,7 +13,7 @@ from emulator import Machine, policies, replay
 from emulator.page_alloc import (BOOT_HOLE_BLOCKS, BOOT_RESERVED_BLOCKS, PageAllocator,
                                  large_blocks_from_buddyinfo)
 from emulator.result import LEVEL_1G, LEVEL_2M, LEVEL_4K
-from emulator.vmalloc import VmapRange
+from emulator.vmalloc import VFREE, VMALLOC, VMALLOC_START, VmapRange
 from traces.errors import PermtraceError
 
 BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      2
@@ -43,6 +43,23 @@ def test_from_metadata_reads_the_trace_and_overrides_win():
         Machine.from_metadata({}, cpus=3)
     with pytest.raises(PermtraceError, match="DirectMap"):
         Machine.from_metadata({"DirectMap4k": "lots"})
+
+
+def test_vmalloc_busy_at_start_is_skipped_by_first_fit_and_whole_again_after_frees(trace):
+    # GIVEN a recorded layout: pages [0, 16) and [21, 32) of the vmalloc range already in use
+    m = Machine.from_metadata({"nr_cpus": "2", "vmalloc_busy": "0+16,21+11"}, kaslr=False)
+    k = m.boot(0)
+    # WHEN a 1-page, a 4-page and a 1-page area are allocated (each with its guard page)
+    k.vm.run([(0, VMALLOC, 1, 4096, 0), (1, VMALLOC, 2, 16384, 0), (2, VMALLOC, 3, 4096, 0)],
+             None, k.stat, k.stat)
+    # THEN first fit goes around the busy blocks: the 4-page area does not fit the 3-page hole
+    assert {id: a[0] - VMALLOC_START for id, a in k.vm.plain.items()} == {1: 16, 2: 32, 3: 18}
+    # and freeing and purging everything gives back the start's free space, not an empty range
+    k.vm.run([(3, VFREE, i, 0, 0) for i in (1, 2, 3)], None, k.stat, k.stat)
+    k.vm.purge_vmap_area_lazy()
+    assert k.vm.is_whole()
+    with pytest.raises(PermtraceError, match="vmalloc_busy"):
+        Machine(vmalloc_busy="0+16,x")
 
 
 def test_machine_is_hashable_for_run_ids():

@@ -62,6 +62,18 @@ def test_thread_align_vmallocs_are_thread_stacks(tmp_path):
         ("vmalloc", 16384, "thread_stack"), ("vmalloc", 16384, "thread_stack"), ("vmalloc", 16384, None)]
 
 
+def test_vmalloc_layout_before_tracing_becomes_vmalloc_busy(tmp_path):
+    # GIVEN two areas traced at 64 KiB and 128 KiB into the vmalloc range (base 0xffffc90000000000)
+    lines = [f"p-1 [000] ..... 1.0: alloc_vmap_area: va_start: {0xffffc90000010000} size=20480 align=4096 "
+             f"{VMAL} failed=0",
+             f"p-1 [000] ..... 1.1: alloc_vmap_area: va_start: {0xffffc90000020000} size=12288 align=4096 "
+             f"{VMAL} failed=0"]
+    # WHEN imported THEN what no traced area took below the highest one was in use at the start:
+    # pages [0, 16) and [21, 32), which Machine.from_metadata hands to the emulated vmalloc range
+    summary, _, _ = run(tmp_path, lines)
+    assert summary.metadata["vmalloc_busy"] == "0+16,21+11"
+
+
 def test_hex_and_decimal_addresses_join(tmp_path):
     # GIVEN an area allocated with its address in decimal (6.18) and freed in hex
     lines = ["p-1 [000] ..... 1.000000: alloc_vmap_area: va_start: 18446683600598831104 size=8192 "

@@ -372,6 +372,8 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
     meta["observed_kinds"] = ",".join(sorted(conv.observable))
     if conv.n_warmup:
         meta["warmup_events"] = str(conv.n_warmup)
+    if busy := conv.vmalloc_busy():
+        meta["vmalloc_busy"] = busy
     summary.metadata = meta
     out = Path(out)
     summary.trace = write_trace(out, trace, meta)

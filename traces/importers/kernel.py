@@ -147,6 +147,7 @@ class KernelEventConverter:
         self._setup_lazy = 0                       # pages freed lazily in setup since its last purge
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
+        self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -402,6 +403,7 @@ class KernelEventConverter:
                 return
             self._next_vm += 1
             self._vm[va] = self._next_vm
+            self._vm_spans.append((va, va + size))
             self._emit(ts, cpu, "vmalloc", self._next_vm, max(size - PAGE_SIZE, 0),
                        THREAD_STACK if align == THREAD_ALIGN else None, pid=pid)
             if self._loading is not None and self._loading[0] == pid:
@@ -747,6 +749,28 @@ class KernelEventConverter:
             "event_row": pa.array(obs_rows, pa.int64()),
         }, schema=OBSERVED_SCHEMA)
         return trace, observed
+
+    def vmalloc_busy(self) -> str:
+        """The vmalloc range's VA in use when tracing began, for ``Machine.vmalloc_busy``.
+
+        Every gap below the highest traced area that no vmalloc event's area
+        ever covered: areas of the boot, of tasks not counted, or holes no
+        request fitted.  As ``OFFSET+PAGES,...``, in pages from the range's
+        base (the first area's address rounded down to the 1 GiB KASLR
+        granule of ``vmalloc_base``).  Simplification: an area allocated
+        before tracing and freed during it stays busy (its vfree replays
+        with a vmalloc of its own, placed by first fit).
+        """
+        if not self._vm_spans:
+            return ""
+        spans = sorted(self._vm_spans)
+        base = pos = spans[0][0] & ~((1 << 30) - 1)
+        gaps = []
+        for start, end in spans:
+            if start > pos:
+                gaps.append(f"{(pos - base) // PAGE_SIZE}+{(start - pos) // PAGE_SIZE}")
+            pos = max(pos, end)
+        return ",".join(gaps)
 
     def add_warmup(self, prog: BpfProg) -> None:
         """One more program alive at the start (before ``finish``)."""
