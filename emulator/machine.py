@@ -73,9 +73,11 @@ class Machine:
         Pages above which a ranged flush becomes a full one (arch/x86/mm/tlb.c).
     vmalloc_busy
         VA of the vmalloc range already allocated at boot of the replay, as
-        ``OFFSET+PAGES,...`` in pages from ``VMALLOC_START`` (a recorded
+        ``OFFSET+PAGES[@ID],...`` in pages from ``VMALLOC_START`` (a recorded
         trace's ``vmalloc_busy`` metadata: the kernel's layout before tracing,
         which decides where new areas land and so how wide purges are).
+        ``@ID``: the area is the trace's vmalloc ``ID`` (allocated before
+        tracing, freed during it), which then takes this block.
     """
 
     nr_cpus: int = 64
@@ -95,10 +97,11 @@ class Machine:
             object.__setattr__(self, "direct_map", tuple(int(v) for v in self.direct_map))
             if len(self.direct_map) != 3 or min(self.direct_map) < 0:
                 raise PermtraceError(f"direct_map must be (DirectMap4k, DirectMap2M, DirectMap1G) kB, got {self.direct_map}")
-        if self.vmalloc_busy and not (re.fullmatch(r"\d+\+\d+(,\d+\+\d+)*", self.vmalloc_busy) and max(
-                sum(map(int, b.split("+"))) for b in self.vmalloc_busy.split(",")) < VMALLOC_END - VMALLOC_START):
-            raise PermtraceError("vmalloc_busy must be 'OFFSET+PAGES,...' (pages) inside the 32 TiB vmalloc "
-                                 f"range, got {self.vmalloc_busy[:40]!r}")
+        if self.vmalloc_busy and not (re.fullmatch(r"\d+\+\d+(@\d+)?(,\d+\+\d+(@\d+)?)*", self.vmalloc_busy)
+                                      and max(off + n for off, n, _ in self.vmalloc_blocks())
+                                      < VMALLOC_END - VMALLOC_START):
+            raise PermtraceError("vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages) inside the 32 TiB "
+                                 f"vmalloc range, got {self.vmalloc_busy[:40]!r}")
         if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
             raise PermtraceError(
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
@@ -132,6 +135,15 @@ class Machine:
             raise PermtraceError(f"unknown machine field(s) {sorted(bad)}; valid: {sorted(known)}")
         kw.update(overrides)
         return cls(**kw)
+
+    def vmalloc_blocks(self) -> list[tuple[int, int, int | None]]:
+        """:attr:`vmalloc_busy` parsed: ``(offset, pages, id or None)``."""
+        out = []
+        for b in filter(None, self.vmalloc_busy.split(",")):
+            span, _, id_ = b.partition("@")
+            off, _, n = span.partition("+")
+            out.append((int(off), int(n), int(id_) if id_ else None))
+        return out
 
     @property
     def lazy_max_pages(self) -> int:
@@ -186,9 +198,9 @@ class Kernel:
         self._waste_ts = None
         self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng)
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
-        busy = [tuple(map(int, b.split("+"))) for b in machine.vmalloc_busy.split(",") if b]
         self.vm = Vmalloc(self, machine.lazy_max_pages,
-                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0, busy=busy)
+                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0,
+                          busy=machine.vmalloc_blocks())
 
     def op_stats(self, op: str) -> dict[str, int]:
         d = self.per_op.get(op)

@@ -262,15 +262,19 @@ class Vmalloc:
     """The vmap areas of one kernel: the vmalloc range, the module range and the lazy-free list."""
 
     def __init__(self, k, lazy_max_pages: int, module_offset: int = 0,
-                 busy: list[tuple[int, int]] = ()) -> None:
+                 busy: list[tuple[int, int, int | None]] = ()) -> None:
+        """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``)."""
         self.k = k
         self.pages = k.pages
         self.lazy_max_pages = lazy_max_pages
-        self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END, busy)
+        self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END, [b[:2] for b in busy])
         self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued
         self.plain: dict[int, tuple[int, int, list[int]]] = {}   # trace id -> plain area (see run)
+        #: trace id -> (addr, pages with guard) of an area allocated before the replay began: its
+        #: vmalloc in the trace takes that VA (busy since boot) instead of a first fit
+        self.at_start = {id: (VMALLOC_START + off, n) for off, n, id in busy if id is not None}
 
     # -- allocation -------------------------------------------------------------
 
@@ -332,6 +336,7 @@ class Vmalloc:
         alloc_pages, free_pages = self.pages.alloc_pages, self.pages.free_pages
         lazy = vrange.lazy
         lazy_max = self.lazy_max_pages
+        at_start = self.at_start
         i = -1
         try:
             for i, op, id, size, ts in events:
@@ -339,11 +344,14 @@ class Vmalloc:
                     if id in live:
                         raise KernelFault(f"vmalloc id {id} is already live")
                     n = (size + 4095) >> 12 or 1
-                    align = 1 if op == VMALLOC else THREAD_ALIGN_PAGES
-                    addr = alloc(n + 1, align)
-                    if addr is None:
-                        k.stat = stat_vmalloc
-                        addr = self._alloc_va(vrange, n + 1, align)
+                    if at_start and id in at_start:
+                        addr = self._take_at_start(id, n + 1)
+                    else:
+                        align = 1 if op == VMALLOC else THREAD_ALIGN_PAGES
+                        addr = alloc(n + 1, align)
+                        if addr is None:
+                            k.stat = stat_vmalloc
+                            addr = self._alloc_va(vrange, n + 1, align)
                     live[id] = (addr, n, alloc_pages(n))
                 elif op == VFREE:
                     area = live.pop(id, None)
@@ -366,6 +374,14 @@ class Vmalloc:
         except KernelFault as e:
             e.row_index = i
             raise
+
+    def _take_at_start(self, id: int, n: int) -> int:
+        """The VA of trace vmalloc ``id`` allocated before the replay began (``n`` pages with guard)."""
+        addr, pages = self.at_start.pop(id)
+        if pages != n:
+            raise KernelFault(f"vmalloc id {id} of {n - 1} pages does not fit its vmalloc_busy block "
+                              f"of {pages - 1} (+ guard) pages")
+        return addr
 
     # -- free -------------------------------------------------------------------
 

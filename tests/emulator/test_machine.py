@@ -14,6 +14,7 @@ from emulator.page_alloc import (BOOT_HOLE_BLOCKS, BOOT_RESERVED_BLOCKS, PageAll
                                  large_blocks_from_buddyinfo)
 from emulator.result import LEVEL_1G, LEVEL_2M, LEVEL_4K
 from emulator.vmalloc import VFREE, VMALLOC, VMALLOC_START, VmapRange
+from emulator.errors import ReplayError
 from traces.errors import PermtraceError
 
 BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      2
@@ -60,6 +61,20 @@ def test_vmalloc_busy_at_start_is_skipped_by_first_fit_and_whole_again_after_fre
     assert k.vm.is_whole()
     with pytest.raises(PermtraceError, match="vmalloc_busy"):
         Machine(vmalloc_busy="0+16,x")
+
+
+def test_an_area_of_the_start_is_freed_where_it_lies(trace):
+    # GIVEN pages [4, 8) busy at start as the trace's vmalloc 7 (3 pages + guard), [0, 4) free
+    k = Machine(nr_cpus=2, vmalloc_busy="4+4@7", kaslr=False).boot(0)
+    # WHEN its stand-in vmalloc and a 1-page area come THEN the stand-in takes its block, the other
+    # area the free space below it
+    k.vm.run([(0, VMALLOC, 7, 12288, 0), (1, VMALLOC, 8, 4096, 0)], None, k.stat, k.stat)
+    assert {id: a[0] - VMALLOC_START for id, a in k.vm.plain.items()} == {7: 4, 8: 0}
+    # WHEN a stand-in's size does not match its block THEN the replay names the event
+    bad = trace([("vmalloc", 7, 4096)], {"nr_cpus": "2", "vmalloc_busy": "4+4@7"})
+    with pytest.raises(ReplayError, match="does not fit its vmalloc_busy block") as e:
+        replay(bad, policies.make("legacy"), Machine.from_metadata({"nr_cpus": "2", "vmalloc_busy": "4+4@7"}))
+    assert e.value.row == 0
 
 
 def test_machine_is_hashable_for_run_ids():

@@ -72,6 +72,13 @@ def test_vmalloc_layout_before_tracing_becomes_vmalloc_busy(tmp_path):
     # pages [0, 16) and [21, 32), which Machine.from_metadata hands to the emulated vmalloc range
     summary, _, _ = run(tmp_path, lines)
     assert summary.metadata["vmalloc_busy"] == "0+16,21+11"
+    # AND an area allocated before tracing (pages [2, 6) with its guard) freed during it: its
+    # stand-in vmalloc (id 3) is named on its block, cut out of the gap around it
+    lines.append("p-1 [000] ..... 1.2: free_va: (free_vmap_area_noflush+0x0/0x340) "
+                 "va_start=0xffffc90000002000 va_end=0xffffc90000006000")
+    summary, trace, _ = run(tmp_path, lines)
+    assert summary.metadata["vmalloc_busy"] == "0+2,2+4@3,6+10,21+11"
+    assert trace.select("op", "id", "size").rows()[-2:] == [("vmalloc", 3, 12288), ("vfree", 3, 0)]
 
 
 def test_hex_and_decimal_addresses_join(tmp_path):

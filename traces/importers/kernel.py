@@ -148,6 +148,7 @@ class KernelEventConverter:
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
+        self._pre_areas: list[tuple[int, int, int]] = []   # (va, pages, id): allocated before tracing
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -474,6 +475,7 @@ class KernelEventConverter:
         if owner is None:
             if va < EXEC_RANGE_START and pages and self.counts(pid, comm):
                 self._next_vm += 1
+                self._pre_areas.append((va, pages, self._next_vm))
                 self._emit(ts, cpu, "vmalloc", self._next_vm, (pages - 1) * PAGE_SIZE, pid=pid)
                 self._emit(ts, cpu, "vfree", self._next_vm, pid=pid)
                 self.unused["vfree of an area allocated before tracing (replayed with its vmalloc)"] += 1
@@ -754,23 +756,27 @@ class KernelEventConverter:
         """The vmalloc range's VA in use when tracing began, for ``Machine.vmalloc_busy``.
 
         Every gap below the highest traced area that no vmalloc event's area
-        ever covered: areas of the boot, of tasks not counted, or holes no
-        request fitted.  As ``OFFSET+PAGES,...``, in pages from the range's
-        base (the first area's address rounded down to the 1 GiB KASLR
-        granule of ``vmalloc_base``).  Simplification: an area allocated
-        before tracing and freed during it stays busy (its vfree replays
-        with a vmalloc of its own, placed by first fit).
+        ever covered (areas of the boot, of tasks not counted, or holes no
+        request fitted), as ``OFFSET+PAGES``; and each area allocated before
+        tracing and freed during it, as ``OFFSET+PAGES@ID`` with the id of
+        the vmalloc that stands for it in the trace, so the emulator frees
+        it where it lies.  Pages from the range's base: the lowest address
+        rounded down to the 1 GiB KASLR granule of ``vmalloc_base``.
         """
-        if not self._vm_spans:
+        if not self._vm_spans and not self._pre_areas:
             return ""
-        spans = sorted(self._vm_spans)
-        base = pos = spans[0][0] & ~((1 << 30) - 1)
-        gaps = []
-        for start, end in spans:
+        pre = sorted((va, va + pages * PAGE_SIZE, id_) for va, pages, id_ in self._pre_areas)
+        base = min([s for s, _ in self._vm_spans] + [s for s, _, _ in pre]) & ~((1 << 30) - 1)
+        gaps, pos = [], base
+        for start, end in sorted(self._vm_spans):
             if start > pos:
-                gaps.append(f"{(pos - base) // PAGE_SIZE}+{(start - pos) // PAGE_SIZE}")
+                gaps.append((pos, start))
             pos = max(pos, end)
-        return ",".join(gaps)
+        for s, e, _ in pre:             # an area of the start is not a gap: cut it out of them
+            gaps = [piece for gs, ge in gaps
+                    for piece in ((gs, min(ge, s)), (max(gs, e), ge)) if piece[1] > piece[0]]
+        blocks = sorted([(s, e, "") for s, e in gaps] + [(s, e, f"@{id_}") for s, e, id_ in pre])
+        return ",".join(f"{(s - base) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}{tag}" for s, e, tag in blocks)
 
     def add_warmup(self, prog: BpfProg) -> None:
         """One more program alive at the start (before ``finish``)."""
