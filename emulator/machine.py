@@ -18,7 +18,7 @@ from emulator.page_alloc import PageAllocator
 from emulator.result import WASTE_CAUSES
 from emulator.tlb import TLB_SINGLE_PAGE_FLUSH_CEILING
 from emulator.vmalloc import VMALLOC_END, VMALLOC_START, Vmalloc
-from traces.errors import PermtraceError
+from traces.errors import PermtraceError, TraceError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -107,34 +107,35 @@ class Machine:
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], **overrides) -> Machine:
+    def from_metadata(cls, meta: dict[str, str], source: str | None = None, **overrides) -> Machine:
         """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
 
         Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G``,
         ``buddyinfo`` and ``vmalloc_busy`` when present; anything missing
-        keeps the default.
+        keeps the default.  A bad value raises :class:`TraceError` naming
+        ``source`` (the trace file).
         """
-        kw: dict[str, object] = {}
-        try:
-            if meta.get("nr_cpus"):
-                kw["nr_cpus"] = int(meta["nr_cpus"])
-            if meta.get("mem_total_bytes"):
-                kw["mem_bytes"] = int(meta["mem_total_bytes"])
-        except ValueError as e:
-            raise PermtraceError(f"bad machine metadata in trace: {e}") from None
-        dm = [_kb(meta.get(k)) for k in ("DirectMap4k", "DirectMap2M", "DirectMap1G")]
-        if any(v is not None for v in dm):
-            kw["direct_map"] = tuple(v or 0 for v in dm)
-        if meta.get("buddyinfo", "").strip():
-            kw["fragmentation"] = meta["buddyinfo"]
-        if meta.get("vmalloc_busy"):
-            kw["vmalloc_busy"] = meta["vmalloc_busy"]
         known = {f.name for f in fields(cls)}
         bad = set(overrides) - known
         if bad:
             raise PermtraceError(f"unknown machine field(s) {sorted(bad)}; valid: {sorted(known)}")
-        kw.update(overrides)
-        return cls(**kw)
+        try:
+            kw: dict[str, object] = {}
+            if meta.get("nr_cpus"):
+                kw["nr_cpus"] = int(meta["nr_cpus"])
+            if meta.get("mem_total_bytes"):
+                kw["mem_bytes"] = int(meta["mem_total_bytes"])
+            dm = [_kb(meta.get(k)) for k in ("DirectMap4k", "DirectMap2M", "DirectMap1G")]
+            if any(v is not None for v in dm):
+                kw["direct_map"] = tuple(v or 0 for v in dm)
+            if meta.get("buddyinfo", "").strip():
+                kw["fragmentation"] = meta["buddyinfo"]
+            if meta.get("vmalloc_busy"):
+                kw["vmalloc_busy"] = meta["vmalloc_busy"]
+            return cls(**{**kw, **overrides})
+        except (ValueError, PermtraceError) as e:
+            raise TraceError(f"bad machine metadata: {e}", file=source,
+                             hint="correct or remove that permtrace.* key ('permtrace trace info' lists them)") from None
 
     def vmalloc_blocks(self) -> list[tuple[int, int, int | None]]:
         """:attr:`vmalloc_busy` parsed: ``(offset, pages, id or None)``."""

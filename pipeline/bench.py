@@ -63,7 +63,7 @@ def _worker(trace: str, policy: str, seed: int, repeat: int) -> None:
     from emulator import Machine, policies, replay
     from traces.io import read_metadata
 
-    machine = Machine.from_metadata(read_metadata(trace))
+    machine = Machine.from_metadata(read_metadata(trace), trace)
     best = None
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()

@@ -205,7 +205,7 @@ def check_model(trace: str | os.PathLike, policy: str, seeds: int = 3, *,
         raise PermtraceError(f"--seeds must be at least 1, got {seeds}")
     observed = load_observed(trace)
     meta = read_metadata(trace)
-    machine = emulator.Machine.from_metadata(meta, **(machine_overrides or {}))
+    machine = emulator.Machine.from_metadata(meta, str(trace), **(machine_overrides or {}))
     predictions = []
     for seed in range(first_seed, first_seed + seeds):
         result = emulator.replay(trace, policies.make(policy, params), machine, seed)

@@ -128,7 +128,7 @@ def expand(traces: Sequence[str | os.PathLike], policies: Sequence[str], params:
         for name in policies:
             for nr_cpus in (cpus or [None]):
                 overrides = {k: v for k, v in (("nr_cpus", nr_cpus), ("mem_bytes", mem_bytes)) if v is not None}
-                machine = _canonical(dataclasses.asdict(Machine.from_metadata(meta, **overrides)))
+                machine = _canonical(dataclasses.asdict(Machine.from_metadata(meta, path, **overrides)))
                 for seed in range(seeds):
                     spec = RunSpec(path, digest, name, resolved[name], seed, machine)
                     specs.setdefault(spec.run_id, spec)

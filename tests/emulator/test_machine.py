@@ -61,6 +61,8 @@ def test_vmalloc_busy_at_start_is_skipped_by_first_fit_and_whole_again_after_fre
     assert k.vm.is_whole()
     with pytest.raises(PermtraceError, match="vmalloc_busy"):
         Machine(vmalloc_busy="0+16,x")
+    with pytest.raises(PermtraceError, match=r"file t\.parquet: bad machine metadata: vmalloc_busy"):
+        Machine.from_metadata({"vmalloc_busy": "12+x"}, "t.parquet")
 
 
 def test_an_area_of_the_start_is_freed_where_it_lies(trace):
