@@ -183,17 +183,9 @@ class VmapRange:
         if not self.cs or len(blocks) > 64 + len(self.cs) * CHUNK:   # a rebuild is cheaper
             self._set(*self._sorted_blocks(blocks))
             return
-        if len(blocks) > 1:
-            blocks = sorted(blocks)
-            merged = [blocks[0]]
-            for b in blocks[1:]:       # freed blocks that touch merge first: fewer inserts
-                if b[0] == merged[-1][1]:
-                    merged[-1] = (merged[-1][0], b[1])
-                else:
-                    merged.append(b)
-            blocks = merged
         # one loop for every insert, the lists bound once: purges release blocks ~130k times a
         # 1M-event trace.  _fix and _split_chunk change these lists in place, never rebind them.
+        # Any order will do: each block merges with the free neighbours on both sides.
         tiny, cs, ce, cmax, cfirst = self.tiny, self.cs, self.ce, self.cmax, self.cfirst
         for s, e in blocks:
             if s - 1 in tiny:
