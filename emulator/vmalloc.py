@@ -109,7 +109,9 @@ class VmapRange:
         if align != 1:
             return self._alloc_aligned(n, align)
         cmax = self.cmax
-        for c, m in enumerate(cmax):   # cmax changes only where the loop continues or returns
+        c = -1
+        for m in cmax:                 # cmax changes only where the loop continues or returns
+            c += 1
             if m < n:
                 continue
             st, en = self.cs[c], self.ce[c]
@@ -339,11 +341,10 @@ class Vmalloc:
                     if at_start and id in at_start:
                         addr = self._take_at_start(id, n + 1)
                     else:
-                        align = 1 if op == VMALLOC else THREAD_ALIGN_PAGES
-                        addr = alloc(n + 1, align)
+                        addr = alloc(n + 1) if op == VMALLOC else alloc(n + 1, THREAD_ALIGN_PAGES)
                         if addr is None:
                             k.stat = stat_vmalloc
-                            addr = self._alloc_va(vrange, n + 1, align)
+                            addr = self._alloc_va(vrange, n + 1, 1 if op == VMALLOC else THREAD_ALIGN_PAGES)
                     live[id] = (addr, n, alloc_pages(n))
                 elif op == VFREE:
                     area = live.pop(id, None)
