@@ -81,7 +81,8 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
     bpf_prog_load, bpf_prog_free, exec_alloc, exec_free = p.bpf_prog_load, p.bpf_prog_free, p.exec_alloc, p.exec_free
     vmalloc, vfree, text_patch, mem_pressure = p.vmalloc, p.vfree, p.text_patch, p.mem_pressure
     module_init = p.module_init
-    cols: dict[str, np.ndarray] = {}
+    cols: dict[str, np.ndarray] = {}      # the current batch (dispatch reads module and exec columns)
+    row0 = 0                               # its first row in the file
 
     def dispatch(i: int, op: int, id: int, size: int, ts: int) -> None:
         """One event to its policy hook, with ``k.now`` and ``k.stat`` set for it."""

@@ -69,6 +69,36 @@ def test_path_and_table_and_any_batch_size_give_the_same_result(trace, tmp_path)
     assert all(np.array_equal(a.timeline[k], b.timeline[k]) for k in a.timeline)
 
 
+def test_a_policy_overriding_plain_vmalloc_sees_every_event_and_changes_nothing_else(trace):
+    # GIVEN a policy that overrides vmalloc/vfree only to count them (the replay then dispatches
+    # every plain event to it instead of serving runs of them in Vmalloc.run)
+    from emulator.policies.legacy import Legacy
+
+    class Counting(Legacy):
+        def attach(self, k):
+            super().attach(k)
+            self.seen = 0
+
+        def vmalloc(self, id, size):
+            self.seen += 1
+            super().vmalloc(id, size)
+
+        def vfree(self, id):
+            self.seen += 1
+            super().vfree(id)
+
+    t = churn(trace, 100)
+    counting = Counting()
+    a, b = replay(t, counting, M, seed=3), replay(t, policies.make("legacy"), M, seed=3)
+    # THEN it saw every plain event and the results are the fast path's
+    assert counting.seen == 100 + 95
+    assert a.counters == b.counters and a.per_op == b.per_op
+    # AND a fault in its path still names the event's row
+    with pytest.raises(ReplayError, match="unknown vmalloc id 7") as e:
+        replay(trace([("vmalloc", 1, 4096), ("vfree", 7, 0)]), Counting(), M)
+    assert e.value.row == 1
+
+
 def test_deferred_purge_is_charged_to_the_event_that_triggered_it(trace):
     # 2 CPUs: lazy_max_pages 16384; the fifth 4095-page vfree crosses it
     ev = [("vmalloc", i, 4095 * 4096) for i in range(5)] + [("vfree", i, 0) for i in range(5)]
