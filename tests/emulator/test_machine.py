@@ -17,6 +17,8 @@ from emulator.vmalloc import VFREE, VMALLOC, VMALLOC_START, VmapRange
 from emulator.errors import ReplayError
 from traces.errors import PermtraceError
 
+from .helpers import NaiveRange
+
 BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      2
 Node 0, zone    DMA32    450    300    120     40     10      4      2      1      3      2      1
 Node 0, zone   Normal  962000   1200    300     20      4      0      0      0      1      0      3
@@ -134,27 +136,6 @@ def test_a_4tib_machine_costs_no_more_than_a_64gib_one(trace):
 
 
 # -- first fit over free VA blocks, against a naive reference ------------------------------------
-
-class NaiveRange:
-    def __init__(self, start, end):
-        self.free = [(start, end)]
-
-    def alloc(self, n, align=1):
-        for i, (s0, e) in enumerate(self.free):
-            s = (s0 + align - 1) // align * align
-            if e - s >= n:
-                self.free[i:i + 1] = [b for b in ((s0, s), (s + n, e)) if b[1] > b[0]]
-                return s
-        return None
-
-    def release(self, blocks):
-        merged = []
-        for s, e in sorted(self.free + blocks):
-            if merged and merged[-1][1] == s:
-                merged[-1] = (merged[-1][0], e)
-            else:
-                merged.append((s, e))
-        self.free = merged
 
 
 @settings(max_examples=60, deadline=None)
