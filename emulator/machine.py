@@ -17,7 +17,7 @@ from emulator.direct_map import DirectMap
 from emulator.page_alloc import PageAllocator
 from emulator.result import WASTE_CAUSES
 from emulator.tlb import TLB_SINGLE_PAGE_FLUSH_CEILING
-from emulator.vmalloc import VMALLOC_END, VMALLOC_START, Vmalloc
+from emulator.vmalloc import Vmalloc
 from traces.errors import PermtraceError, TraceError
 
 PAGE_SHIFT = 12
@@ -97,11 +97,8 @@ class Machine:
             object.__setattr__(self, "direct_map", tuple(int(v) for v in self.direct_map))
             if len(self.direct_map) != 3 or min(self.direct_map) < 0:
                 raise PermtraceError(f"direct_map must be (DirectMap4k, DirectMap2M, DirectMap1G) kB, got {self.direct_map}")
-        if self.vmalloc_busy and not (re.fullmatch(r"\d+\+\d+(@\d+)?(,\d+\+\d+(@\d+)?)*", self.vmalloc_busy)
-                                      and max(off + n for off, n, _ in self.vmalloc_blocks())
-                                      < VMALLOC_END - VMALLOC_START):
-            raise PermtraceError("vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages) inside the 32 TiB "
-                                 f"vmalloc range, got {self.vmalloc_busy[:40]!r}")
+        if self.vmalloc_busy and not re.fullmatch(r"\d+\+\d+(@\d+)?(,\d+\+\d+(@\d+)?)*", self.vmalloc_busy):
+            raise PermtraceError(f"vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages), got {self.vmalloc_busy[:40]!r}")
         if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
             raise PermtraceError(
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")

@@ -257,7 +257,11 @@ class Vmalloc:
 
     def __init__(self, k, lazy_max_pages: int, module_offset: int = 0,
                  busy: list[tuple[int, int, int | None]] = ()) -> None:
-        """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``)."""
+        """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``).
+
+        Blocks beyond the emulated range (4-level paging's 32 TiB; a 5-level
+        host's is larger) are dropped: nothing is ever placed there."""
+        busy = [b for b in busy if b[0] + b[1] <= VMALLOC_END - VMALLOC_START]
         self.k = k
         self.pages = k.pages
         self.lazy_max_pages = lazy_max_pages

@@ -63,6 +63,8 @@ def test_vmalloc_busy_at_start_is_skipped_by_first_fit_and_whole_again_after_fre
     assert k.vm.is_whole()
     with pytest.raises(PermtraceError, match="vmalloc_busy"):
         Machine(vmalloc_busy="0+16,x")
+    # a block beyond the emulated 32 TiB (a 5-level host's vmalloc space is larger) is never reached
+    assert Machine(vmalloc_busy=f"0+16,{9 << 30}+5@4").boot(0).vm.vmalloc_range.blocks()[0][0] == VMALLOC_START + 16
     with pytest.raises(PermtraceError, match=r"file t\.parquet: bad machine metadata: vmalloc_busy"):
         Machine.from_metadata({"vmalloc_busy": "12+x"}, "t.parquet")
 
