@@ -25,7 +25,7 @@ import numpy as np
 from emulator.direct_map import P, RW, SMALL_CPA
 from emulator.errors import KernelFault
 from emulator.tlb import flush_tlb_kernel_range
-from traces.schema import OP_CODE, OPS
+from traces.schema import OP_CODE, OPS, THREAD_ALIGN
 
 PAGE_OFFSET = 0xffff888000000000 >> 12          # __PAGE_OFFSET_BASE_L4
 VMALLOC_START = 0xffffc90000000000 >> 12
@@ -39,9 +39,8 @@ PMD_PAGES = 512
 VMALLOC, VFREE = OP_CODE["vmalloc"], OP_CODE["vfree"]
 #: The replay's code for a ``vmalloc`` owned by ``thread_stack`` (not a trace op).
 VMALLOC_STACK = len(OPS)
-#: ``THREAD_ALIGN`` in pages: ``alloc_thread_stack_node`` vmallocs THREAD_SIZE (16 KiB) at
-#: THREAD_ALIGN = THREAD_SIZE (arch/x86/include/asm/page_64_types.h, KASAN off).
-THREAD_ALIGN_PAGES = 4
+#: ``THREAD_ALIGN`` in pages: the VA alignment ``alloc_thread_stack_node`` asks of ``__vmalloc_node``.
+THREAD_ALIGN_PAGES = THREAD_ALIGN >> 12
 #: Free VA blocks per chunk of :class:`VmapRange`.
 CHUNK = 16
 #: ``(lazy_lo, lazy_hi)`` with nothing queued: any queued VA lowers the first and raises the second.

@@ -58,8 +58,11 @@ SECTION_COLUMNS: tuple[str, ...] = (
 #: Executable-allocation owners the synthetic workloads and importers use.
 EXEC_OWNERS: tuple[str, ...] = ("kprobes", "ftrace", "bpf_trampoline", "bpf_dispatcher")
 #: ``vmalloc`` owner of a task's kernel stack (``alloc_thread_stack_node``, CONFIG_VMAP_STACK):
-#: its VA is THREAD_ALIGN (16 KiB) aligned, which decides where the areas after it land.
+#: its VA is THREAD_ALIGN aligned, which decides where the areas after it land.
 THREAD_STACK = "thread_stack"
+#: ``THREAD_ALIGN`` = THREAD_SIZE, bytes: 16 KiB on x86-64 without KASAN
+#: (arch/x86/include/asm/page_64_types.h); no other vmalloc asks for this alignment.
+THREAD_ALIGN = 16384
 #: Owners the emulator tells apart (``traces.io.iter_event_batches`` codes ``owner`` by this
 #: tuple); append only.
 OWNERS: tuple[str, ...] = (*EXEC_OWNERS, THREAD_STACK)

@@ -64,12 +64,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from traces.importers.bpftool import BpfProg
-from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS, THREAD_STACK
+from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS, THREAD_ALIGN, THREAD_STACK
 
 PAGE_SIZE = 4096
-#: ``THREAD_ALIGN`` (= THREAD_SIZE, 16 KiB on x86-64 without KASAN): the alignment
-#: ``alloc_thread_stack_node`` asks of ``__vmalloc_node``; no other vmalloc asks for it here.
-THREAD_ALIGN = 16384
 ULONG_MAX = (1 << 64) - 1
 #: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
