@@ -173,6 +173,11 @@ class Kernel:
         flush there is ``do_flush_tlb_all`` but not ``nr_tlb_remote_flush``).
     cpa_collapse
         6.15+: ``set_memory_rox`` passes ``CPA_COLLAPSE``.
+
+    Concurrency (a trace's ``concurrent`` spans, set by :func:`emulator.replay`):
+    ``concurrent`` is called once, after the current op's first CPA, to run
+    the events that began while it was in progress; meanwhile ``deferred``
+    collects the work those events finish only after the op (:meth:`defer`).
     """
 
     def __init__(self, machine: Machine, seed: int) -> None:
@@ -187,6 +192,8 @@ class Kernel:
         self.cpa_flush_kernel_range = False
         self.cpa_collapse = False
         self.now = 0
+        self.concurrent = None
+        self.deferred: list | None = None
         # waste accounting, bytes, per cause in WASTE_CAUSES order
         self.waste_live = [0] * len(WASTE_CAUSES)
         self.waste_peak = [0] * len(WASTE_CAUSES)
@@ -199,6 +206,14 @@ class Kernel:
         self.vm = Vmalloc(self, machine.lazy_max_pages,
                           module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0,
                           busy=machine.vmalloc_blocks())
+
+    def defer(self, work) -> None:
+        """Run ``work()`` now, or, for an event running concurrently with an op, once that op is done
+        (charged to the event)."""
+        if self.deferred is None:
+            work()
+        else:
+            self.deferred.append((self.stat, self.now, work))
 
     def op_stats(self, op: str) -> dict[str, int]:
         d = self.per_op.get(op)

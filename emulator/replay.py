@@ -4,6 +4,13 @@ The loop sees Python lists of ints made once per record batch
 (``.tolist()``), dispatches on the op code with the common ops first, and
 never builds per-event objects; memory is bounded by the batch size and
 by the live state of the emulated kernel, not by trace length.
+
+Concurrency: an event with ``concurrent = m`` runs with the next ``m``
+events (those that began while it was in progress) interleaved: they run
+after its first CPA (``Kernel.concurrent``), and what they finish only
+after it (``Kernel.defer``) runs when it returns.  An op that makes no CPA
+gets them after it.  Simplification: one interleaving point per op, where
+the kernel's other CPUs may land between any two of its steps.
 """
 
 from __future__ import annotations
@@ -33,6 +40,25 @@ TIMELINE_COUNTERS: tuple[str, ...] = (
 (MODULE_LOAD, MODULE_INIT_FREE, MODULE_UNLOAD, BPF_PROG_LOAD, BPF_PROG_FREE, EXEC_ALLOC,
  EXEC_FREE, VMALLOC, VFREE, TEXT_PATCH, MEM_PRESSURE, MODULE_INIT) = (OP_CODE[o] for o in OPS[:12])
 THREAD_STACK_CODE = OWNERS.index(THREAD_STACK)
+
+
+def _whole_spans(batches):
+    """Record batches re-cut so that no ``concurrent`` span crosses a batch boundary."""
+    carry = None
+    for cols in batches:
+        if carry is not None:
+            cols = {name: np.concatenate((carry[name], col)) for name, col in cols.items()}
+            carry = None
+        conc = cols["concurrent"]
+        starts = np.flatnonzero(conc)
+        over = starts[starts + conc[starts] >= len(conc)]
+        if over.size:
+            cut = int(over[0])
+            carry = {name: col[cut:] for name, col in cols.items()}
+            cols = {name: col[:cut] for name, col in cols.items()}
+        yield cols
+    if carry is not None:
+        yield carry                 # the trace ends inside a span (validate reports it): run what is there
 
 
 def _sample_points(n: int, points: int) -> list[int]:
@@ -123,7 +149,8 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
                 try:
                     dispatch(*ev)
                 except KernelFault as e:
-                    e.row_index = ev[0]
+                    if getattr(e, "row_index", None) is None:     # not already named by a nested run
+                        e.row_index = ev[0]
                     raise
     si = 0
     base = 0
@@ -140,7 +167,27 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
         tl_rows.append([tot[c] for c in TIMELINE_COUNTERS]
                        + [k.dm.meminfo_kb()["DirectMap4k"], sum(k.waste_live)] + list(k.waste_live))
 
-    for cols in iter_event_batches(trace, batch_size):
+    def run_span(events: list, nested: list) -> None:
+        """Run one event with ``nested`` (the events that began while it ran) interleaved."""
+        def concurrent() -> None:
+            k.concurrent = None
+            stat, now = k.stat, k.now
+            k.deferred = []
+            run(nested)
+            k.stat, k.now = stat, now
+            nested.clear()
+
+        k.concurrent = concurrent
+        try:
+            run(events)
+        finally:
+            k.concurrent = None
+        run(nested)                 # an op without CPAs: after it
+        deferred, k.deferred = k.deferred or (), None
+        for k.stat, k.now, work in deferred:
+            work()
+
+    for cols in _whole_spans(iter_event_batches(trace, batch_size)):
         n = len(cols["op"])
         if n == 0:
             continue
@@ -156,12 +203,27 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
         row0 = int(cols["row"][0])
         if t_first is None:
             t_first = tss[0]
+        conc = cols["concurrent"]
+        spans = np.flatnonzero(conc).tolist()
+        sj = 0
         lo = 0
+
+        def events(a: int, b: int):
+            return zip(range(row0 + a, row0 + b), ops[a:b], ids[a:b], sizes[a:b], tss[a:b])
         try:
             while lo < n:
                 hi = n if si >= len(samples) else min(n, samples[si] - base + 1)
-                run(zip(range(row0 + lo, row0 + hi), ops[lo:hi], ids[lo:hi], sizes[lo:hi], tss[lo:hi]))
-                if si < len(samples) and base + hi - 1 == samples[si]:
+                while sj < len(spans) and spans[sj] < lo:    # inside an earlier span (invalid trace)
+                    sj += 1
+                if sj < len(spans) and spans[sj] < hi:
+                    hi = spans[sj]
+                if lo < hi:
+                    run(events(lo, hi))
+                else:                           # lo starts a span
+                    hi = lo + 1 + int(conc[lo])
+                    run_span(events(lo, lo + 1), list(events(lo + 1, hi)))
+                    sj += 1
+                while si < len(samples) and base + hi - 1 >= samples[si]:
                     sample(samples[si], tss[hi - 1])
                     si += 1
                 lo = hi

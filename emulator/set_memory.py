@@ -16,6 +16,10 @@
 5. with ``CPA_COLLAPSE`` (``set_memory_rox``, 6.15+):
    ``cpa_collapse_large_pages`` over the primary range, one more
    ``flush_tlb_all`` if any PMD collapsed.
+
+After an op's first CPA, the events that began while the op was in
+progress run (``Kernel.concurrent``): the op's next CPA purges what they
+freed, as when a ``do_free_init`` kworker frees between an insmod's calls.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ def change_page_attr_set_clr(k, area: vm_struct, first: int, n: int, mask_set: i
     if vm.lazy_nr:
         vm._purge()
     if n <= 0 or not (mask_set | mask_clr):
+        if k.concurrent is not None:
+            k.concurrent()
         return False
     if area.prot is None:
         area.prot = bytearray((PAGE_KERNEL,)) * area.nr_pages
@@ -139,6 +145,8 @@ def change_page_attr_set_clr(k, area: vm_struct, first: int, n: int, mask_set: i
         cpa_flush(k, area.addr + first, n, force_flush_all)
         if collapse and k.cpa_collapse:
             cpa_collapse_large_pages(k, area, first, n)
+    if k.concurrent is not None:
+        k.concurrent()
     return changed
 
 

@@ -368,7 +368,8 @@ class Vmalloc:
                 else:
                     dispatch(i, op, id, size, ts)
         except KernelFault as e:
-            e.row_index = i
+            if getattr(e, "row_index", None) is None:     # not already named by a nested run (replay spans)
+                e.row_index = i
             raise
 
     def _take_at_start(self, id: int, n: int) -> int:
@@ -382,10 +383,21 @@ class Vmalloc:
     # -- free -------------------------------------------------------------------
 
     def vfree(self, area: vm_struct) -> None:
-        """``vfree``: lazy VA free (+ ``vm_reset_perms`` if flagged), pages back to the allocator."""
+        """``vfree``: lazy VA free (``remove_vm_area``), then ``vm_reset_perms`` if flagged and the
+        pages back to the allocator.
+
+        A ``VM_FLUSH_RESET_PERMS`` free that runs concurrently with an op
+        finishes after it (``Kernel.defer``): its VA is queued at once, so
+        the op's next CPA purges it, and the reset then finds nothing queued
+        and flushes only the direct-map range (``_vm_unmap_aliases``).
+        """
         self.free_vmap_area_noflush(area.vrange, area.addr, area.addr + area.nr_pages + 1)
         if area.flags & VM_FLUSH_RESET_PERMS:
-            self.vm_reset_perms(area)
+            self.k.defer(lambda: (self.vm_reset_perms(area), self._free_pages(area)))
+        else:
+            self._free_pages(area)
+
+    def _free_pages(self, area: vm_struct) -> None:
         if area.pmd_huge is not None and area.flags & VM_ALLOW_HUGE_VMAP:
             for pfn in area.pfns[::PMD_PAGES].tolist():
                 self.k.pages.free_huge(pfn)

@@ -64,7 +64,7 @@ def _meta_bytes(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
 def conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     """Cast a batch or table to :data:`traces.schema.SCHEMA` (column order and types).
 
-    Missing section columns and ``patch_sites`` are filled with 0, a missing
+    Missing section columns, ``patch_sites`` and ``concurrent`` are filled with 0, a missing
     ``owner`` with nulls; a missing core column raises :class:`TraceError`.
     """
     n = batch.num_rows
@@ -77,7 +77,7 @@ def conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
             arrays.append(col.cast(field.type))
         elif field.name in ("owner",):
             arrays.append(pa.nulls(n, pa.string()))
-        elif field.name.endswith("_size") or field.name == "patch_sites":
+        elif field.name.endswith("_size") or field.name in ("patch_sites", "concurrent"):
             arrays.append(pa.array(np.zeros(n, dtype=field.type.to_pandas_dtype())))
         else:
             raise TraceError(f"missing column {field.name!r}", column=field.name,

@@ -80,6 +80,10 @@ SCHEMA = pa.schema(
         pa.field("owner", pa.string(), nullable=True),
         *(pa.field(c, pa.uint64(), nullable=False) for c in SECTION_COLUMNS),
         pa.field("patch_sites", pa.uint32(), nullable=False),
+        # appended to v1 (optional in files, 0 when absent): how many of the following events
+        # began while this one was still in progress (issued on other CPUs before its kernel
+        # work was done); the emulator interleaves them with it (emulator.replay)
+        pa.field("concurrent", pa.uint32(), nullable=False),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)

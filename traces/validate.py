@@ -21,7 +21,9 @@ Rules (architecture.md section 2):
 - sizes: ``bpf_prog_load``, ``exec_alloc``, ``vmalloc``, ``mem_pressure``
   need ``size > 0``, a ``module_load`` some section > 0; no size or section
   over :data:`traces.schema.MAX_SIZE_BYTES` (1 TiB);
-- section columns are 0 on every op but ``module_load``.
+- section columns are 0 on every op but ``module_load``;
+- a ``concurrent`` span (the following events that began while this one
+  was in progress) ends within the trace and holds no span of its own.
 """
 
 from __future__ import annotations
@@ -249,12 +251,14 @@ def validate_trace(path: str | os.PathLike, limit_per_kind: int | None = 1000,
     names = [c for c in COLUMNS if c in pf.schema_arrow.names]
     sections = [c for c in SECTION_COLUMNS if c in names]
     life = Lifetimes(out.add)
+    span = [-1, -1, pf.metadata.num_rows]     # row and last row of the open concurrent span; rows
     prev_seq = prev_ts = None
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_size, columns=names):
             if batch.num_rows:
-                prev_seq, prev_ts = _check_batch(batch, start, names, sections, out, life, prev_seq, prev_ts)
+                prev_seq, prev_ts = _check_batch(batch, start, names, sections, out, life, prev_seq, prev_ts,
+                                                 span)
             start += batch.num_rows
     except (pa.ArrowException, OSError) as e:
         out.add("truncated", f"cannot read rows from {start} on: truncated or corrupt data ({e})",
@@ -263,8 +267,10 @@ def validate_trace(path: str | os.PathLike, limit_per_kind: int | None = 1000,
 
 
 def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Collector, life: Lifetimes,
-                 prev_seq: int | None, prev_ts: int | None) -> tuple[int, int]:
-    """Check one non-empty batch starting at file row ``start``; returns its last seq and ts_ns."""
+                 prev_seq: int | None, prev_ts: int | None, span: list[int]) -> tuple[int, int]:
+    """Check one non-empty batch starting at file row ``start``; returns its last seq and ts_ns.
+
+    ``span``: [row, last row] of the open ``concurrent`` span, and the trace's row count (updated)."""
     n = batch.num_rows
     rows = np.arange(start, start + n, dtype=np.int64)
     for name in names:
@@ -330,6 +336,20 @@ def _check_batch(batch: pa.RecordBatch, start: int, names, sections, out: _Colle
     bad = np.flatnonzero(is_module & (total == 0))
     out.rows("zero_size", rows[bad], "module_load with all section sizes 0",
              "give the module's section sizes in bytes (text_size, data_size, ...)", "text_size")
+
+    if "concurrent" in names:
+        conc = _np(batch.column("concurrent"), np.int64)
+        for j in np.flatnonzero(conc).tolist():
+            r, m = start + j, int(conc[j])
+            if r <= span[1]:
+                out.add("nested_concurrent", f"concurrent {m} inside the span of row {span[0]} "
+                        f"(concurrent {span[1] - span[0]})", "spans do not nest: end the outer span "
+                        "before this row or set this row's concurrent to 0", row=r, column="concurrent")
+            elif r + m >= span[2]:
+                out.add("concurrent_past_end", f"concurrent {m} runs past the last row ({span[2] - 1})",
+                        "count only events that follow in the trace", row=r, column="concurrent")
+            else:
+                span[:2] = r, r + m
 
     ids = _np(batch.column("id"), np.uint64)
     nbytes = np.where(is_module, total, size)

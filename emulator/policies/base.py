@@ -234,12 +234,12 @@ class Policy:
         the trace to ``Vmalloc.run``, which serves plain events itself.
         """
         k = self.k
-        self.vm.run(((0, VMALLOC, id, size, k.now),), None, k.stat, k.stat)
+        self.vm.run(((None, VMALLOC, id, size, k.now),), None, k.stat, k.stat)   # row: the replay's
 
     def vfree(self, id: int) -> None:
         """``vfree`` of a plain vmalloc (``Vmalloc.run``)."""
         k = self.k
-        self.vm.run(((0, VFREE, id, 0, k.now),), None, k.stat, k.stat)
+        self.vm.run(((None, VFREE, id, 0, k.now),), None, k.stat, k.stat)
 
     # -- patching and pressure ---------------------------------------------------
 

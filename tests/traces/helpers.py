@@ -31,7 +31,7 @@ def columns() -> dict[str, list]:
         cols["id"].append(id_)
         cols["size"].append(size)
         cols["owner"].append(owner)
-        for c in (*SECTION_COLUMNS, "patch_sites"):
+        for c in (*SECTION_COLUMNS, "patch_sites", "concurrent"):
             cols[c].append(extra.get(c, 0))
     return cols
 
@@ -57,6 +57,9 @@ CORRUPTIONS = {
     "absurd size": (set_("size", 2, (1 << 40) + 1), [("absurd_size", 2, "size")]),
     "absurd section": (set_("data_size", 0, 1 << 41), [("absurd_size", 0, "data_size")]),
     "module sizes on a BPF load": (set_("text_size", 2, 4096), [("sections_on_non_module", 2, "text_size")]),
+    "concurrent span past the end": (set_("concurrent", 8, 3), [("concurrent_past_end", 8, "concurrent")]),
+    "concurrent spans nest": (lambda c: (set_("concurrent", 2, 3)(c), set_("concurrent", 4, 1)(c)),
+                              [("nested_concurrent", 4, "concurrent")]),
     "module without sections": (lambda c: [c[s].__setitem__(0, 0) for s in ("text_size", "data_size", "init_text_size")],
                                 [("zero_size", 0, "text_size")]),
 }

@@ -58,6 +58,7 @@ end of the import (module and BPF windows are back-patched); a trace of
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -120,6 +121,7 @@ class _Window:
     setmem: list[tuple[str, int, int]] = field(default_factory=list)  # (set_memory_*, addr, npages)
     execmem: list[tuple[int, int, int]] = field(default_factory=list)  # 6.4+: (execmem type, addr, bytes)
     cpa_row: int | None = None    # placeholder row at the window's first set_memory_* call
+    cpa_end: int = 0              # rows emitted before its latest set_memory_* call
 
 
 class KernelEventConverter:
@@ -188,6 +190,9 @@ class KernelEventConverter:
         self._do_init: dict[int, int] = {}          # pid -> module id whose do_init_module it runs
         self._after_init: dict[int, list[int]] = {}  # module id -> observations awaiting its init free
         self._splits: dict[str, int] = {}
+        #: module_load row -> rows emitted before its last set_memory_* call: the events from the
+        #: row on began while the load changed permissions (its ``concurrent`` span, finish())
+        self._spans: dict[int, int] = {}
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
         sizes = Counter(p.bytes_jited for p in progs)
@@ -628,6 +633,7 @@ class KernelEventConverter:
             if w.cpa_row is None and w.rows:
                 w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
                 self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
+            w.cpa_end = len(self.events)
         elif which == "set_ro" and (info := self._modmem.get(addr)) and info[0] == MOD_INIT_DATA:
             # do_init_module's module_enable_rodata_ro_after_init: this writable area, which the
             # load could not tell from init data, is MOD_RO_AFTER_INIT
@@ -696,6 +702,8 @@ class KernelEventConverter:
                     self._merged[r] = row
             self._sticky[pid] = row
             self._do_init[pid] = mid
+            if w.cpa_row is not None:
+                self._spans[row] = w.cpa_end
             for (va, _), kind in zip(w.areas, kinds):
                 self._exec[va] = (kind, mid)
             if w.execmem:
@@ -729,11 +737,17 @@ class KernelEventConverter:
         keep = [i for i, e in enumerate(self.events) if e[2] is not None]
         new_row = {old: new for new, old in enumerate(keep)}
         remap = {old: new_row[self._merged.get(old, old)] for old in range(len(self.events))}
-        pre = self._warmup_rows()
+        pre = [r + [0] for r in self._warmup_rows()]
         remap = {old: new + len(pre) for old, new in remap.items()}
-        rows = pre + [self.events[i] for i in keep]
-        cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 1)
-        names = ["ts_ns", "cpu", "op", "id", "size", "owner", *SECTION_COLUMNS, "patch_sites"]
+        rows = pre + [self.events[i] + [0] for i in keep]
+        span_end = -1
+        for load, end in sorted(self._spans.items()):
+            if new_row[load] > span_end:                    # spans do not nest
+                m = bisect_left(keep, end) - new_row[load] - 1
+                rows[remap[load]][-1] = m
+                span_end = new_row[load] + m
+        cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 2)
+        names = ["ts_ns", "cpu", "op", "id", "size", "owner", *SECTION_COLUMNS, "patch_sites", "concurrent"]
         arrays = {"seq": pa.array(range(len(rows)), pa.uint64())}
         for name, col in zip(names, cols):
             arrays[name] = pa.array(list(col), SCHEMA.field(name).type)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from traces.errors import PermtraceError
-from traces.schema import ALLOC_FREE, OP_CODE, OPS, SCHEMA, SECTION_COLUMNS
+from traces.schema import ALLOC_FREE, OP_CODE, OPS, SECTION_COLUMNS
 
 BATCH_ROWS = 1 << 16
 WINDOW_EVENTS = 1 << 16
@@ -262,7 +262,7 @@ def _record_batch(ev: Events, seq0: int, cpu: np.ndarray, owners: Owners) -> pa.
         **{c: pa.array(ev[c]) for c in SECTION_COLUMNS},
         "patch_sites": pa.array(ev["patch_sites"]),
     }
-    return pa.RecordBatch.from_arrays([arrays[f.name] for f in SCHEMA], names=SCHEMA.names)
+    return pa.RecordBatch.from_pydict(arrays)     # write_trace conforms it (``concurrent`` = 0)
 
 
 def run(sources: list, params: Params, owners: Owners) -> Iterator[pa.RecordBatch]:
