@@ -7,9 +7,10 @@ by the live state of the emulated kernel, not by trace length.
 
 Concurrency: an event with ``concurrent = m`` runs with the next ``m``
 events (those that began while it was in progress) interleaved: they run
-after its first CPA (``Kernel.concurrent``), and what they finish only
-after it (``Kernel.defer``) runs when it returns.  An op that makes no CPA
-gets them after it.  Simplification: one interleaving point per op, where
+after its first CPA (``Kernel.concurrent``).  One on the op's own CPU ran
+while the op was preempted, so it runs whole; one on another CPU ran in
+parallel, and what it finishes only after the op (``Kernel.defer``) runs
+when the op returns.  An op that makes no CPA gets them after it.  Simplification: one interleaving point per op, where
 the kernel's other CPUs may land between any two of its steps.
 """
 
@@ -167,23 +168,28 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
         tl_rows.append([tot[c] for c in TIMELINE_COUNTERS]
                        + [k.dm.meminfo_kb()["DirectMap4k"], sum(k.waste_live)] + list(k.waste_live))
 
-    def run_span(events: list, nested: list) -> None:
-        """Run one event with ``nested`` (the events that began while it ran) interleaved."""
+    def run_span(lo: int, hi: int) -> None:
+        """Run event ``lo`` with events ``lo+1 .. hi-1`` (they began while it ran) interleaved."""
+        nested = list(events(lo + 1, hi))
+        cpus = cols["cpu"][lo:hi].tolist()
+        deferred = []
+
         def concurrent() -> None:
             k.concurrent = None
             stat, now = k.stat, k.now
-            k.deferred = []
-            run(nested)
-            k.stat, k.now = stat, now
+            for ev, cpu in zip(nested, cpus[1:]):
+                # on the op's CPU an event ran while the op was preempted; on another, in parallel
+                k.deferred = None if cpu == cpus[0] else deferred
+                run((ev,))
+            k.stat, k.now, k.deferred = stat, now, None
             nested.clear()
 
         k.concurrent = concurrent
         try:
-            run(events)
+            run(events(lo, lo + 1))
         finally:
-            k.concurrent = None
+            k.concurrent = k.deferred = None
         run(nested)                 # an op without CPAs: after it
-        deferred, k.deferred = k.deferred or (), None
         for k.stat, k.now, work in deferred:
             work()
 
@@ -221,7 +227,7 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
                     run(events(lo, hi))
                 else:                           # lo starts a span
                     hi = lo + 1 + int(conc[lo])
-                    run_span(events(lo, lo + 1), list(events(lo + 1, hi)))
+                    run_span(lo, hi)
                     sj += 1
                 while si < len(samples) and base + hi - 1 >= samples[si]:
                     sample(samples[si], tss[hi - 1])
