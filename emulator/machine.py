@@ -29,7 +29,7 @@ EVENT_COUNTERS: tuple[str, ...] = (
     "emu_flush_tlb_all", "emu_flush_tlb_kernel_range", "emu_cpa_flush",
     "emu_local_flush", "emu_sync_core_ipis", "emu_text_poke_bp_batches",
     "nr_tlb_remote_flush", "nr_tlb_remote_flush_received",
-    "emu_vmap_purges", "emu_vm_unmap_aliases",
+    "emu_vmap_purges", "emu_vm_unmap_aliases", "emu_vm_reset_flush_all",
     "direct_map_level2_splits", "direct_map_level3_splits",
     "direct_map_level2_collapses", "direct_map_level3_collapses",
     "emu_vmalloc_pmd_splits", "emu_vmalloc_pmd_collapses",

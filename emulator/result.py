@@ -33,7 +33,9 @@ class ReplayResult:
         section 3): ``emu_shootdowns``, ``emu_shootdown_ipis``,
         ``emu_flush_tlb_all``, ``emu_flush_tlb_kernel_range``,
         ``emu_cpa_flush``, ``emu_local_flush``, ``emu_sync_core_ipis``,
-        ``emu_vmap_purges``, ``emu_waste_bytes`` (+ ``_<cause>``,
+        ``emu_vmap_purges``, ``emu_vm_reset_flush_all`` (of the full flushes,
+        those of a ``vm_reset_perms`` that found nothing queued and whose
+        pages' direct-map range was above the ceiling), ``emu_waste_bytes`` (+ ``_<cause>``,
         ``emu_waste_peak_bytes[_<cause>]``, ``emu_waste_mean_bytes[_<cause>]``
         time-weighted), ``emu_text_tlb_entries_4k``/``_2m``; also the
         call counts ``emu_set_memory_{ro,rw,x,nx,rox}``,

@@ -426,7 +426,13 @@ class Vmalloc:
         else:
             lo, hi = int(pfns.min()), int(pfns.max()) + 1
         dm.change(k, pfns, 0, P | RW)                     # set_direct_map_invalid_noflush
+        if k.concurrent is not None:                      # other CPUs' frees until the purge join it
+            k.concurrent()
         if not self._purge(PAGE_OFFSET + lo, PAGE_OFFSET + hi):   # _vm_unmap_aliases(start, end, flush_dmap=1)
+            # nothing queued (another CPU's purge took this area): the direct-map range alone,
+            # full or ranged by how far apart the pages lie - placement, like splits (check_model)
+            if hi - lo > k.ceiling:
+                k.stat["emu_vm_reset_flush_all"] += 1
             flush_tlb_kernel_range(k, PAGE_OFFSET + lo, PAGE_OFFSET + hi)
         dm.change(k, pfns, P | RW, 0)                     # set_direct_map_default_noflush
 

@@ -110,6 +110,7 @@ MAX_SIZE_BYTES = 1 << 40
 #: Observations (``<trace>.observed.parquet``): what a real kernel did.
 #: ``kind``: ``flush_tlb_all``, ``flush_tlb_kernel_range``, ``cpa_flush``,
 #: ``sync_core`` (IPI rounds), ``vmap_purge`` (purges that flushed),
+#: ``vm_reset_flush_all`` (full flushes of a ``vm_reset_perms`` that found nothing queued),
 #: ``exec_area_alloc``, ``direct_map_level{2,3}_{splits,collapses}`` (deltas).
 #: Added compatibly (nullable, readers of the first three columns are
 #: unaffected): ``op``, the op kind the kernel's work is charged to (the

@@ -37,7 +37,10 @@ Observations (``kind``; ``value``; ``op`` = the op kind the kernel's work is
 charged to, as the emulator charges it: to the event that triggered it):
 ``flush_tlb_all``, ``flush_tlb_kernel_range``, ``cpa_flush``,
 ``sync_core`` (IPI *rounds*, one per ``on_each_cpu_cond_mask`` call),
-``vmap_purge`` (purges that flushed), ``exec_area_alloc``,
+``vmap_purge`` (purges that flushed), ``vm_reset_flush_all`` (of the
+full flushes, those of a ``vm_reset_perms`` that found nothing queued, so
+that only its pages' direct-map range was flushed; kprobe logs only),
+``exec_area_alloc``,
 ``direct_map_level{2,3}_{splits,collapses}`` (vmstat deltas).
 
 Guests >= 6.2 traced by init.sh have both; the importer then ignores the
@@ -190,9 +193,12 @@ class KernelEventConverter:
         self._do_init: dict[int, int] = {}          # pid -> module id whose do_init_module it runs
         self._after_init: dict[int, list[int]] = {}  # module id -> observations awaiting its init free
         self._splits: dict[str, int] = {}
-        #: module_load row -> rows emitted before its last set_memory_* call: the events from the
-        #: row on began while the load changed permissions (its ``concurrent`` span, finish())
+        #: op row -> rows emitted before its kernel work was done: the events after the row began
+        #: while it was in progress (its ``concurrent`` span, finish()).  A module_load's work ends
+        #: with its last set_memory_* call, an init free's with its reset's purge.
         self._spans: dict[int, int] = {}
+        self._resetting: dict[int, int] = {}        # pid -> init free row awaiting its purge
+        self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
         sizes = Counter(p.bytes_jited for p in progs)
@@ -506,6 +512,7 @@ class KernelEventConverter:
         row = self._init_free_rows.get(mid)
         if row is None:
             row = self._init_free_rows[mid] = self._emit(ts, cpu, "module_init_free", mid, pid=pid)
+            self._resetting[pid] = row
             for i in self._after_init.pop(mid, ()):
                 self.obs[i] = (*self.obs[i][:3], row)
         else:
@@ -550,6 +557,7 @@ class KernelEventConverter:
     def purge(self, ts: int, pid: int, comm: str, flushed: bool) -> None:
         """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
         self.advance(ts)
+        self._reset_purged(pid)
         if self.setup:
             if flushed:
                 self._setup_lazy = 0
@@ -566,7 +574,15 @@ class KernelEventConverter:
         """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
         ``flush_tlb_kernel_range`` follows that is not ``_vm_unmap_aliases``' fallback."""
         self._end_purge(pid, comm)
+        self._reset_purged(pid)
         self._pending_purge[pid] = (ts, start, end)
+
+    def _reset_purged(self, pid: int) -> None:
+        """The task's purge began: if it is an init free's ``vm_reset_perms``, what was freed
+        lazily until now is in it (the init free's concurrent span ends here)."""
+        row = self._resetting.pop(pid, None)
+        if row is not None:
+            self._spans[row] = len(self.events)
 
     def kernel_range_flush_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
         """kprobe ``flush_tlb_kernel_range``: settles the task's open purge.
@@ -581,6 +597,9 @@ class KernelEventConverter:
             t, p_start, p_end = pending
             fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
             self.purge(t, pid, comm, not fallback)
+            self.observable.add("vm_reset_flush_all")
+            if fallback:
+                self._reset_fallback.add(pid)
 
     def _end_purge(self, pid: int, comm: str) -> None:
         pending = self._pending_purge.pop(pid, None)
@@ -607,6 +626,10 @@ class KernelEventConverter:
         self.observable.update(FLUSH_KINDS.values())
         if kind == "sync_core" and (poke := self._pending_poke.pop(pid, None)) is not None:
             self._emit(poke[0], poke[1], "text_patch", 0, patch_sites=1, pid=pid)
+        if pid in self._reset_fallback and kind in ("flush_tlb_all", "flush_tlb_kernel_range"):
+            self._reset_fallback.discard(pid)
+            if kind == "flush_tlb_all" and self.counts(pid, comm):
+                self.observe_for(ts, "vm_reset_flush_all", pid, comm)
         if kind is None:
             self.unused[f"cross-CPU call {func}"] += 1
         elif not self.counts(pid, comm):
@@ -741,11 +764,11 @@ class KernelEventConverter:
         remap = {old: new + len(pre) for old, new in remap.items()}
         rows = pre + [self.events[i] + [0] for i in keep]
         span_end = -1
-        for load, end in sorted(self._spans.items()):
-            if new_row[load] > span_end:                    # spans do not nest
-                m = bisect_left(keep, end) - new_row[load] - 1
-                rows[remap[load]][-1] = m
-                span_end = new_row[load] + m
+        for op_row, end in sorted(self._spans.items()):
+            if new_row[op_row] > span_end:                  # spans do not nest
+                m = bisect_left(keep, end) - new_row[op_row] - 1
+                rows[remap[op_row]][-1] = m
+                span_end = new_row[op_row] + m
         cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 2)
         names = ["ts_ns", "cpu", "op", "id", "size", "owner", *SECTION_COLUMNS, "patch_sites", "concurrent"]
         arrays = {"seq": pa.array(range(len(rows)), pa.uint64())}
