@@ -102,27 +102,19 @@ def _xfail(reason: str):
 #: the discrepancy check-model shows (totals; observed vs predicted over seeds 0..SEEDS-1).
 #: The vmalloc VA layout at the start comes with the trace (the importer's vmalloc_busy: gaps no
 #: traced area took, and areas allocated before tracing that the trace frees, at their addresses);
-#: thread stacks are THREAD_ALIGN-aligned.  What remains is below, by name and number.
-RACE = ("a do_free_init kworker's init area purged by the next insmod's CPA before the kworker's own "
-        "vm_reset_perms (a race the atomic vfree cannot replay)")
+#: thread stacks are THREAD_ALIGN-aligned; areas queued lazily during the tracer's setup are
+#: replayed where they lay; events that began while a load or an init free was in progress are
+#: its ``concurrent`` span.  What remains is below, by name and number.
 CHECKS = [
     pytest.param("host_n100", "linux-6.18", id="host-6.18-ebpf-n100"),
     pytest.param("host_n1_k300000", "linux-6.18", id="host-6.18-ebpf-2.1MB"),
-    pytest.param("serial_6.1_4level_smp2", "linux-6.1", id="guest-6.1-modules", marks=_xfail(
-        "sync_core, vmap_purges (142) and do_init_module's module_init flushes (45 full, 26 ranged) exact; "
-        "flush_tlb_all 281 vs 283, flush_tlb_kernel_range 38 vs 34 (load 10 vs 8; init free 2 vs 0: the racing "
-        f"kworker's reset finds nothing queued and flushes the direct map ranged), purges load 12 vs 10 / init "
-        f"free 44 vs 46: {RACE}")),
-    pytest.param("serial_6.1_4level_smp2_cpa", "linux-6.1", id="guest-6.1-modules-cpa", marks=_xfail(
-        "as guest-6.1-modules: flush_tlb_all 283 vs 284, flush_tlb_kernel_range 36 vs 31 (load 10 vs 6), "
-        "vmap_purges 141 vs 140 (load 12 vs 7, init free 43 vs 46)")),
+    pytest.param("serial_6.1_4level_smp2", "linux-6.1", id="guest-6.1-modules"),
+    pytest.param("serial_6.1_4level_smp2_cpa", "linux-6.1", id="guest-6.1-modules-cpa"),
     pytest.param("serial_6.1_bpf", "linux-6.1", id="guest-6.1-bpf", marks=_xfail(
         "flushes, purges and sync_core exact; only L2 splits outside the range (placement, page_alloc)")),
     pytest.param("serial_6.12_bpf", "linux-6.12", id="guest-6.12-bpf", marks=_xfail(
         "flushes, purges and sync_core exact; only L2 splits outside the range (placement, page_alloc)")),
-    pytest.param("serial_5.10_modules_smp2", "linux-5.10", id="guest-5.10-modules", marks=_xfail(
-        "sync_core, total purges (165) and load flushes exact; flush_tlb_kernel_range 53 vs 54 (module_init "
-        f"22 vs 23), purges load 39 vs 38, init free 44 vs 45: {RACE}")),
+    pytest.param("serial_5.10_modules_smp2", "linux-5.10", id="guest-5.10-modules"),
     pytest.param("serial_6.12_modules_smp2", "linux-6.12", id="guest-6.12-modules"),
     pytest.param("serial_510_fresh_8G", "linux-5.10", id="guest-5.10-bpf-fresh"),
     pytest.param("serial_510_aged_all", "linux-5.10", id="guest-5.10-bpf-aged"),

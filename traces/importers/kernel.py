@@ -147,6 +147,7 @@ class KernelEventConverter:
         #: areas are followed then, to know the starting state (sizes, pages queued at the start)
         self.setup = False
         self._setup_lazy = 0                       # pages freed lazily in setup since its last purge
+        self._setup_lazy_areas: dict[int, int] = {}  # their areas: va -> pages (guard included)
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
@@ -199,6 +200,8 @@ class KernelEventConverter:
         self._spans: dict[int, int] = {}
         self._resetting: dict[int, int] = {}        # pid -> init free row awaiting its purge
         self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
+        self._cpa_wait: dict[int, tuple[int, int | None]] = {}  # pid -> (cpu, init's module) at CPA
+        self._purge_entries = False                 # purges are seen at their entry (kprobe logs)
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
         sizes = Counter(p.bytes_jited for p in progs)
@@ -465,6 +468,8 @@ class KernelEventConverter:
             pages = (va_end - va) // PAGE_SIZE
         if self.setup:
             self._setup_lazy += pages or 0
+            if pages:
+                self._setup_lazy_areas[va] = pages
             return
         if nr_lazy is not None and self.lazy_start is None:
             if pages is None or self._purged_before_first_free:
@@ -561,6 +566,7 @@ class KernelEventConverter:
         if self.setup:
             if flushed:
                 self._setup_lazy = 0
+                self._setup_lazy_areas.clear()
             return
         self.observable.add("vmap_purge")
         if self.lazy_start is None:
@@ -574,6 +580,8 @@ class KernelEventConverter:
         """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
         ``flush_tlb_kernel_range`` follows that is not ``_vm_unmap_aliases``' fallback."""
         self._end_purge(pid, comm)
+        self._purge_entries = True
+        self._cpa_purged(ts, pid)
         self._reset_purged(pid)
         self._pending_purge[pid] = (ts, start, end)
 
@@ -643,20 +651,20 @@ class KernelEventConverter:
         The first call of a window (``complete_formation``; on 7.2 already
         ``execmem_alloc_rw``) is the first purge of the load: a module's
         ``module_load`` event goes there (:meth:`module_load`), after what
-        other tasks freed while the loader was still relocating.
+        other tasks freed while the loader was still relocating; precisely,
+        at the call's purge when the log shows purges at their entry
+        (:meth:`_cpa_purged`).
         """
         self._end_purge(pid, "")
+        self._cpa_purged(ts, pid)
         w = self._windows.get(pid)
         if w is None and (mid := self._do_init.pop(pid, None)) is not None:
             # the loader's first CPA after the module:module_load tracepoint is do_init_module's
             # after-init set_memory_ro: the module's init has returned
-            self._emit(ts, cpu, "module_init", mid, pid=pid)
+            self._cpa_wait[pid] = (cpu, mid)
         if w is not None:
             w.setmem.append((which, addr, npages))
-            if w.cpa_row is None and w.rows:
-                w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
-                self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
-            w.cpa_end = len(self.events)
+            self._cpa_wait[pid] = (cpu, None)
         elif which == "set_ro" and (info := self._modmem.get(addr)) and info[0] == MOD_INIT_DATA:
             # do_init_module's module_enable_rodata_ro_after_init: this writable area, which the
             # load could not tell from init data, is MOD_RO_AFTER_INIT
@@ -669,6 +677,23 @@ class KernelEventConverter:
             if addr in self._exec:
                 self._exec[addr] = ("module_core", mid)
         self._last[pid] = None
+        if not self._purge_entries:
+            self._cpa_purged(ts, pid)
+
+    def _cpa_purged(self, ts: int, pid: int) -> None:
+        """The task's ``set_memory_*`` call reached its ``vm_unmap_aliases`` purge (kprobe entry):
+        what other tasks freed until now is in it, so a load's or an init's event goes here."""
+        wait = self._cpa_wait.pop(pid, None)
+        if wait is None:
+            return
+        cpu, mid = wait
+        if mid is not None:
+            self._emit(ts, cpu, "module_init", mid, pid=pid)
+        elif (w := self._windows.get(pid)) is not None:
+            if w.cpa_row is None and w.rows:
+                w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
+                self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
+            w.cpa_end = len(self.events)
 
     def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int | None) -> None:
         """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites.
@@ -693,6 +718,7 @@ class KernelEventConverter:
     def module_load(self, ts: int, cpu: int, pid: int, name: str) -> None:
         """``module:module_load`` (end of load_module, before do_init_module)."""
         self.advance(ts)
+        self._cpa_purged(ts, pid)
         self._next_module += 1
         mid = self._next_module
         self._modules[name] = mid
@@ -757,6 +783,8 @@ class KernelEventConverter:
         self._pending_poke.clear()
         for pid in list(self._pending_purge):
             self._end_purge(pid, "")
+        for pid in list(self._cpa_wait):
+            self._cpa_purged(self.last_ts, pid)
         keep = [i for i, e in enumerate(self.events) if e[2] is not None]
         new_row = {old: new for new, old in enumerate(keep)}
         remap = {old: new_row[self._merged.get(old, old)] for old in range(len(self.events))}
@@ -818,13 +846,26 @@ class KernelEventConverter:
 
     def _warmup_rows(self) -> list[list]:
         """Starting-state events, placed before the workload: programs alive at the start, then
-        one area freed lazily standing for the pages already queued (6.18 tracepoints only)."""
+        the areas already queued for the lazy purge, freed again.
+
+        Kprobe logs saw them queued during the tracer's setup: each vmalloc-range one is
+        replayed where it lay (its block in :meth:`vmalloc_busy`, so the VA stays taken until
+        the first purge, as in the kernel); the rest, and the pages the 6.18 tracepoint counts
+        (``nr_lazy``, no addresses), as one area of that many pages.
+        """
         ts = self.events[0][0] if self.events else 0
         zero = [0] * _N_SECT
         rows = [[ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name, *zero, 0]
                 for p in self._warmup]
         if self.lazy_start is None and self._setup_lazy:
-            self.lazy_start = self._setup_lazy      # kprobe logs: queued during the tracer's setup
+            self.lazy_start = self._setup_lazy
+            for i, (va, pages) in enumerate(sorted(self._setup_lazy_areas.items())):
+                if va < EXEC_RANGE_START and pages > 1:
+                    id_ = WARMUP_ID_BASE - 2 - i
+                    self._pre_areas.append((va, pages, id_))
+                    rows += [[ts, 0, "vmalloc", id_, (pages - 1) * PAGE_SIZE, None, *zero, 0],
+                             [ts, 0, "vfree", id_, 0, None, *zero, 0]]
+                    self.lazy_start -= pages
         if self.lazy_start and self.lazy_start > 1:
             size = (self.lazy_start - 1) * PAGE_SIZE            # the emulator adds the guard page
             rows += [[ts, 0, "vmalloc", WARMUP_ID_BASE - 1, size, None, *zero, 0],
