@@ -277,6 +277,13 @@ class FtraceParser:
             c.kernel_range_flush_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "on_each_cpu":
             c.on_each_cpu(ts, pid, task, _func(body, "func"))
+        elif ev == "flush_all":
+            # __split_large_page's flush_tlb_all runs under pgd_lock and cpa_lock: preempt depth 2
+            # (the 5-character flag column's 4th); CPA's own full flush runs outside both
+            flags = m.group("flags") or ""
+            if len(flags) != 5 or flags[3] != "2":
+                return False
+            c.split_flush(pid, task)
         elif ev in ("set_ro", "set_x", "set_nx", "set_rw", "set_rox"):
             addr, npages = _fields(body, "addr", "npages")
             c.set_memory(ts, cpu, pid, ev, addr, npages)

@@ -194,13 +194,17 @@ class KernelEventConverter:
         self._do_init: dict[int, int] = {}          # pid -> module id whose do_init_module it runs
         self._after_init: dict[int, list[int]] = {}  # module id -> observations awaiting its init free
         self._splits: dict[str, int] = {}
-        #: op row -> rows emitted before its kernel work was done: the events after the row began
-        #: while it was in progress (its ``concurrent`` span, finish()).  A module_load's work ends
-        #: with its last set_memory_* call, an init free's with its reset's purge.
-        self._spans: dict[int, int] = {}
+        self._split_rows: list[int | None] = []     # op rows of the split flushes since the last reading
+        #: op row -> (rows emitted before its kernel work was done, its task): the events after
+        #: the row began while it was in progress (its ``concurrent`` span, finish()).  A
+        #: module_load's work ends with its last set_memory_* call, an init free's with its
+        #: reset's purge.
+        self._spans: dict[int, tuple[int, int]] = {}
         self._resetting: dict[int, int] = {}        # pid -> init free row awaiting its purge
         self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
         self._cpa_wait: dict[int, tuple[int, int | None]] = {}  # pid -> (cpu, init's module) at CPA
+        self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
+        self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
         self._purge_entries = False                 # purges are seen at their entry (kprobe logs)
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
@@ -394,12 +398,25 @@ class KernelEventConverter:
         self._splits.setdefault(kind, value)
 
     def vmstat(self, ts: int, kind: str, value: int, row: int | None = None) -> None:
-        """A vmstat reading of a split/collapse counter: observe its delta."""
+        """A vmstat reading of a split/collapse counter: observe its delta, charged to ``row``, or,
+        when the log showed exactly that many level-2 split flushes since the last reading
+        (:meth:`split_flush`), each to the op that split."""
         before = self._splits.get(kind)
         self._splits[kind] = value
         self.observable.add(kind)
+        split_rows = self._split_rows if kind == "direct_map_level2_splits" else []
+        if kind == "direct_map_level2_splits":
+            self._split_rows = []
         if before is not None and value != before:
-            self.observe(ts, kind, value - before, row)
+            if value - before == len(split_rows):
+                for r in split_rows:
+                    self.observe(ts, kind, 1, r)
+            else:
+                self.observe(ts, kind, value - before, row)
+
+    def split_flush(self, pid: int, comm: str) -> None:
+        """``__split_large_page``'s own ``flush_tlb_all``: a direct-map split by the op ``pid`` serves."""
+        self._split_rows.append(self.charge(pid, comm))
 
     def alloc(self, ts: int, cpu: int, pid: int, comm: str, va: int, size: int, vstart: int,
               align: int = PAGE_SIZE) -> None:
@@ -454,6 +471,25 @@ class KernelEventConverter:
 
     def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
              va_end: int | None = None) -> None:
+        """``free_vmap_area_noflush`` (:meth:`_free`); with purges seen at their entry, the event
+        it became is remembered until a purge sweeps the area (:meth:`_sweep`)."""
+        n = len(self.events)
+        self._free(ts, cpu, pid, comm, va, nr_lazy, va_end)
+        if self._purge_entries and len(self.events) > n:
+            self._queued[va] = (len(self.events) - 1, ts, pid)
+
+    def _sweep(self, pid: int, ts: int, start: int | None, end: int | None) -> None:
+        """A purge that began at ``ts`` flushed ``[start, end)`` (None: nothing queued): every area
+        queued before its snapshot lies in that range.  Which task's purge swept each event's area
+        (``_caught``) tells whether the event really landed inside an op (finish()): an area freed
+        microseconds before another CPU's purge may still miss it."""
+        for va, (row, t, freer) in list(self._queued.items()):
+            if t <= ts and start is not None and start <= va < end:
+                self._caught[row] = (pid, freer)
+                del self._queued[va]
+
+    def _free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
+              va_end: int | None = None) -> None:
         """``free_vmap_area_noflush``: the area is queued for lazy purge.
 
         ``nr_lazy`` (6.18 tracepoint: ``vmap_lazy_nr`` after adding this area) at the first free
@@ -590,7 +626,7 @@ class KernelEventConverter:
         lazily until now is in it (the init free's concurrent span ends here)."""
         row = self._resetting.pop(pid, None)
         if row is not None:
-            self._spans[row] = len(self.events)
+            self._spans[row] = (len(self.events), pid)
 
     def kernel_range_flush_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
         """kprobe ``flush_tlb_kernel_range``: settles the task's open purge.
@@ -605,6 +641,8 @@ class KernelEventConverter:
             t, p_start, p_end = pending
             fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
             self.purge(t, pid, comm, not fallback)
+            if not fallback:
+                self._sweep(pid, t, start, end)
             self.observable.add("vm_reset_flush_all")
             if fallback:
                 self._reset_fallback.add(pid)
@@ -752,7 +790,7 @@ class KernelEventConverter:
             self._sticky[pid] = row
             self._do_init[pid] = mid
             if w.cpa_row is not None:
-                self._spans[row] = w.cpa_end
+                self._spans[row] = (w.cpa_end, pid)
             for (va, _), kind in zip(w.areas, kinds):
                 self._exec[va] = (kind, mid)
             if w.execmem:
@@ -792,7 +830,18 @@ class KernelEventConverter:
         remap = {old: new + len(pre) for old, new in remap.items()}
         rows = pre + [self.events[i] + [0] for i in keep]
         span_end = -1
-        for op_row, end in sorted(self._spans.items()):
+        lazy_frees = {row for row, _, _ in self._queued.values()} | set(self._caught)
+
+        def landed(r: int, op_row: int, pid: int) -> bool:
+            """Lazy free ``r`` landed inside the op: the op's purge swept it, or, on the op's CPU
+            (the op preempted), the free's own."""
+            sweeper, freer = self._caught.get(r, (None, None))
+            return sweeper == pid or (sweeper == freer and self.events[r][1] == self.events[op_row][1])
+
+        for op_row, (end, pid) in sorted(self._spans.items()):
+            # a lazy free that missed the op's purges ran after them: the span ends before it
+            end = next((r for r in range(op_row + 1, end)
+                        if r in lazy_frees and not landed(r, op_row, pid)), end)
             if new_row[op_row] > span_end:                  # spans do not nest
                 m = bisect_left(keep, end) - new_row[op_row] - 1
                 rows[remap[op_row]][-1] = m
