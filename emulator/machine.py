@@ -148,8 +148,9 @@ class Machine:
         """``lazy_max_pages()`` (mm/vmalloc.c): fls(nr_cpus) * 32 MiB / PAGE_SIZE."""
         return self.nr_cpus.bit_length() * ((32 << 20) >> PAGE_SHIFT)
 
-    def boot(self, seed: int = 0) -> Kernel:
-        return Kernel(self, seed)
+    def boot(self, seed: int = 0, boot_holes: bool = True) -> Kernel:
+        """The booted kernel; ``boot_holes=False`` leaves ``k.pages.boot_holes()`` to the caller."""
+        return Kernel(self, seed, boot_holes)
 
 
 class Kernel:
@@ -180,7 +181,7 @@ class Kernel:
     collects the work those events finish only after the op (:meth:`defer`).
     """
 
-    def __init__(self, machine: Machine, seed: int) -> None:
+    def __init__(self, machine: Machine, seed: int, boot_holes: bool = True) -> None:
         self.machine = machine
         self.nr_cpus = machine.nr_cpus
         self.ceiling = machine.tlb_single_page_flush_ceiling
@@ -201,7 +202,7 @@ class Kernel:
         self.waste_peak_total = 0
         self.waste_total = 0          # sum(waste_live)
         self._waste_ts = None
-        self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng)
+        self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng, boot_holes)
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
         self.vm = Vmalloc(self, machine.lazy_max_pages,
                           module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0,

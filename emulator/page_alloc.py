@@ -127,7 +127,8 @@ class PageAllocator:
 
     vmalloc_large_order = False
 
-    def __init__(self, mem_bytes: int, fragmentation: str, rng: np.random.Generator) -> None:
+    def __init__(self, mem_bytes: int, fragmentation: str, rng: np.random.Generator,
+                 boot_holes: bool = True) -> None:
         self.nr_regions = max(mem_bytes >> 21, BOOT_RESERVED_BLOCKS * 2)
         self.rng = rng
         self.state = np.zeros(self.nr_regions, np.uint8)
@@ -150,10 +151,17 @@ class PageAllocator:
         self.rate = FOREIGN_PER_PAGE
         self.foreign = 0.0
         self.pages_in_use = 0
-        self._boot_holes()
+        if boot_holes:
+            self.boot_holes()
 
-    def _boot_holes(self) -> None:
-        """Free blocks of ``BOOT_HOLES`` orders at aligned random places of the boot's partly free pageblocks."""
+    def boot_holes(self) -> None:
+        """Free blocks of ``BOOT_HOLES`` orders at aligned random places of the boot's partly free pageblocks.
+
+        What the boot leaves behind: made at construction, or, for a trace
+        whose first events stand for allocations made during boot (its
+        starting state, e.g. the boot's ``bpf_prog_pack``), after those
+        (:func:`emulator.replay`); else the boot's own pack would eat them.
+        """
         rng = self.rng
         nr = int(rng.integers(*BOOT_HOLE_BLOCKS))
         used: dict[int, list[tuple[int, int]]] = {}

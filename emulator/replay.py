@@ -28,7 +28,7 @@ from emulator.machine import Machine
 from emulator.policies.base import Policy
 from emulator.result import WASTE_CAUSES, ReplayResult
 from emulator.vmalloc import VMALLOC_STACK
-from traces.io import iter_event_batches, num_events
+from traces.io import iter_event_batches, num_events, read_metadata
 from traces.schema import OP_CODE, OPS, OWNERS, SECTION_COLUMNS, THREAD_STACK
 
 #: Counters sampled into the timeline (plus DirectMap4k and live waste).
@@ -92,7 +92,10 @@ def replay(trace: str | os.PathLike | pa.Table, policy: Policy, machine: Machine
 
 def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points: int,
             batch_size: int) -> ReplayResult:
-    k = machine.boot(seed)
+    # a trace's first ``warmup_events`` rebuild its starting state (the boot's BPF pack...):
+    # the page allocator's boot holes come after them
+    holes_at = int(read_metadata(trace).get("warmup_events") or 0) or None
+    k = machine.boot(seed, boot_holes=holes_at is None)
     policy.attach(k)
     n_total = num_events(trace)
     samples = _sample_points(n_total, timeline_points)
@@ -223,12 +226,17 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
                     sj += 1
                 if sj < len(spans) and spans[sj] < hi:
                     hi = spans[sj]
+                if holes_at is not None:
+                    hi = min(hi, max(holes_at - base, lo + 1))
                 if lo < hi:
                     run(events(lo, hi))
                 else:                           # lo starts a span
                     hi = lo + 1 + int(conc[lo])
                     run_span(lo, hi)
                     sj += 1
+                if holes_at is not None and base + hi >= holes_at:
+                    k.pages.boot_holes()
+                    holes_at = None
                 while si < len(samples) and base + hi - 1 >= samples[si]:
                     sample(samples[si], tss[hi - 1])
                     si += 1

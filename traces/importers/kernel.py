@@ -197,12 +197,13 @@ class KernelEventConverter:
         self._split_rows: list[int | None] = []     # op rows of the split flushes since the last reading
         #: op row -> (rows emitted before its kernel work was done, its task): the events after
         #: the row began while it was in progress (its ``concurrent`` span, finish()).  A
-        #: module_load's work ends with its last set_memory_* call, an init free's with its
-        #: reset's purge.
+        #: module_load's or module_init's work ends with its last set_memory_* call, an init
+        #: free's with its reset's purge.
         self._spans: dict[int, tuple[int, int]] = {}
         self._resetting: dict[int, int] = {}        # pid -> init free row awaiting its purge
         self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
         self._cpa_wait: dict[int, tuple[int, int | None]] = {}  # pid -> (cpu, init's module) at CPA
+        self._init_rows: dict[int, int] = {}        # pid -> its module_init row (do_init_module's CPAs)
         self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
         self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
         self._purge_entries = False                 # purges are seen at their entry (kprobe logs)
@@ -700,9 +701,10 @@ class KernelEventConverter:
             # the loader's first CPA after the module:module_load tracepoint is do_init_module's
             # after-init set_memory_ro: the module's init has returned
             self._cpa_wait[pid] = (cpu, mid)
+        if w is not None or pid in self._init_rows:
+            self._cpa_wait[pid] = (cpu, None)
         if w is not None:
             w.setmem.append((which, addr, npages))
-            self._cpa_wait[pid] = (cpu, None)
         elif which == "set_ro" and (info := self._modmem.get(addr)) and info[0] == MOD_INIT_DATA:
             # do_init_module's module_enable_rodata_ro_after_init: this writable area, which the
             # load could not tell from init data, is MOD_RO_AFTER_INIT
@@ -726,12 +728,14 @@ class KernelEventConverter:
             return
         cpu, mid = wait
         if mid is not None:
-            self._emit(ts, cpu, "module_init", mid, pid=pid)
+            self._init_rows[pid] = self._emit(ts, cpu, "module_init", mid, pid=pid)
         elif (w := self._windows.get(pid)) is not None:
             if w.cpa_row is None and w.rows:
                 w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
                 self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
             w.cpa_end = len(self.events)
+        elif (row := self._init_rows.get(pid)) is not None:     # do_init_module's next CPA
+            self._spans[row] = (len(self.events), pid)
 
     def text_poke(self, ts: int, cpu: int, pid: int, comm: str, nr: int | None) -> None:
         """``text_poke_bp_batch(tp, nr)``: one batch of ``nr`` patch sites.
@@ -757,6 +761,7 @@ class KernelEventConverter:
         """``module:module_load`` (end of load_module, before do_init_module)."""
         self.advance(ts)
         self._cpa_purged(ts, pid)
+        self._init_rows.pop(pid, None)
         self._next_module += 1
         mid = self._next_module
         self._modules[name] = mid
