@@ -81,14 +81,17 @@ def groundtruth_bpf_cmd(
 def check_model_cmd(
     trace: Path = typer.Argument(..., help="a trace with <name>.observed.parquet beside it"),
     policy: str = typer.Option(..., "--policy", "-P", help="policy or kernel alias, e.g. linux-6.1"),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="seeds to replay (splits vary with placement)"),
+    seeds: int = typer.Option(None, "--seeds", min=1, show_default=False,
+                              help="seeds to replay; splits must fall within their min..max "
+                                   "[default: check_model.DEFAULT_SEEDS, 39]"),
     param: list[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUE", help="policy parameter"),
 ) -> None:
     """Replay a recorded trace and compare with what the kernel did; exit 1 if a check fails."""
     import polars as pl
 
-    from pipeline.check_model import ModelMismatch, check_model
+    from pipeline.check_model import DEFAULT_SEEDS, ModelMismatch, check_model
 
+    seeds = seeds or DEFAULT_SEEDS
     params = {}
     for p in param:
         key, sep, value = p.partition("=")

@@ -356,15 +356,13 @@ def test_groundtruth_qemu_10_modules_2_cpus_passes_check_model(tmp_path: Path):
     assert read_metadata(trace)["nr_cpus"] == "2"
     from pipeline.check_model import check_model
 
-    result = check_model(trace, "linux-6.1", seeds=8)
+    result = check_model(trace, "linux-6.1")
     frame = result.frame
-    # exact on every run so far: CPA per-page flushes, text_poke_bp sync-core IPIs, unloads
-    exact = frame.filter(pl.col("counter").is_in(["emu_cpa_flush", "emu_sync_core_ipis"])
-                         | (pl.col("op") == "module_unload"))
-    assert exact.height and exact["ok"].all(), result.table()
+    # THEN every flush and purge count is exact, in total and per op (the kworker races of this
+    # run are concurrent spans in the trace)
+    exact = frame.filter(pl.col("deterministic") & pl.col("ok").is_not_null())
+    assert exact.filter(pl.col("op") == "all").height >= 4 and exact["ok"].all(), result.table()
     if not result.ok:
-        # the known 6.1 gaps of tests/kernel/test_groundtruth_import.py (guest-6.1-modules): a
-        # do_free_init kworker races the next insmod, and purge spans depend on the unknown VA layout;
-        # both move a purge or a ranged/full flush by one or two on some runs (the table says which)
-        pytest.xfail("6.1 module-load purges/flushes off by a few (kworker race, VA layout):\n"
-                     + result.table())
+        # only the splits remain: one run of the kernel is one draw of where pages land, and a
+        # right model's 39-seed range misses it 5% of the time (16 runs here: 15 inside)
+        pytest.xfail("splits outside the 39-seed range on this run:\n" + result.table())

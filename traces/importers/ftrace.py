@@ -55,7 +55,7 @@ _GT_BPF_CASE = re.compile(r"GT bpf N=(\d+) K=(\d+) loaded=\d+ .*?\bjited_len=(\d
 #: Tracepoint (as "GT enabled:" lists it) -> the init.sh kprobes it makes redundant.
 _DUPLICATES = {
     "vmalloc:alloc_vmap_area": ("alloc_va", "alloc_va_ret"),
-    "vmalloc:free_vmap_area_noflush": ("free_va",),
+    "vmalloc:free_vmap_area_noflush": (),       # free_va kept: its va_end sizes the tracepoint's area
     "vmalloc:purge_vmap_area_lazy": ("purge", "flush_krange"),
     "csd:csd_queue_cpu": ("on_each_cpu",),
 }
@@ -149,6 +149,8 @@ class FtraceParser:
         self.conv, self.s = conv, summary
         self.meta: dict[str, str] = {}
         self.skip: set[str] = set()      # kprobe events duplicating an enabled tracepoint
+        self.free_tracepoint = False     # free_va kprobes only size the tracepoint's frees
+        self._free_end: dict[tuple[int, int], int] = {}   # (pid, va_start) -> va_end of free_va
         #: init.sh guest logs: the tracer is still setting itself up until its "GT start" marker
         self.setup = False
 
@@ -215,6 +217,7 @@ class FtraceParser:
                 for tracepoint, kprobes in _DUPLICATES.items():
                     if tracepoint in parts:
                         self.skip.update(kprobes)
+                self.free_tracepoint = "vmalloc:free_vmap_area_noflush" in parts
             elif s.startswith("GT meminfo-before") and len(parts) >= 4 and parts[3].isdigit():
                 self.meta[parts[2].rstrip(":")] = parts[3]
             self.s.unused["ground-truth log line"] += 1
@@ -257,7 +260,7 @@ class FtraceParser:
             c.alloc(ts, cpu, pid, task, va, size, vstart, _align(body))
         elif ev == "free_vmap_area_noflush":
             va, nr_lazy = _fields(body, "va_start", "nr_lazy")
-            c.free(ts, cpu, pid, task, va, nr_lazy)
+            c.free(ts, cpu, pid, task, va, nr_lazy, va_end=self._free_end.pop((pid, va), None))
         elif ev == "purge_vmap_area_lazy":
             c.purge(ts, pid, task, _fields(body, "num_purged")[0] > 0)
         elif ev == "csd_queue_cpu":
@@ -270,7 +273,12 @@ class FtraceParser:
                 raise Malformed("kretprobe without its alloc_va entry")
         elif ev == "free_va":
             va_end = _fields(body, "va_end")[0] if "va_end=" in body else None
-            c.free(ts, cpu, pid, task, _fields(body, "va_start")[0], va_end=va_end)
+            va = _fields(body, "va_start")[0]
+            if self.free_tracepoint:        # the tracepoint line that follows is the free
+                if va_end is not None:
+                    self._free_end[(pid, va)] = va_end
+            else:
+                c.free(ts, cpu, pid, task, va, va_end=va_end)
         elif ev == "purge":
             c.purge_entry(ts, pid, task, *_fields(body, "start", "end"))
         elif ev == "flush_krange":

@@ -902,24 +902,26 @@ class KernelEventConverter:
         """Starting-state events, placed before the workload: programs alive at the start, then
         the areas already queued for the lazy purge, freed again.
 
-        Kprobe logs saw them queued during the tracer's setup: each vmalloc-range one is
-        replayed where it lay (its block in :meth:`vmalloc_busy`, so the VA stays taken until
-        the first purge, as in the kernel); the rest, and the pages the 6.18 tracepoint counts
-        (``nr_lazy``, no addresses), as one area of that many pages.
+        Those queued during the tracer's setup (init.sh logs) are known by address: each
+        vmalloc-range one is replayed where it lay (its block in :meth:`vmalloc_busy`, so the VA
+        stays taken until the first purge, as in the kernel); the rest of the pages the first
+        ``free_vmap_area_noflush`` tracepoint counts (``nr_lazy``, no addresses), or of the
+        setup's, as one area of that many pages.
         """
         ts = self.events[0][0] if self.events else 0
         zero = [0] * _N_SECT
         rows = [[ts, 0, "bpf_prog_load", WARMUP_ID_BASE + (p.id or 0), p.bytes_jited, p.name, *zero, 0]
                 for p in self._warmup]
-        if self.lazy_start is None and self._setup_lazy:
+        if self.lazy_start is None:
             self.lazy_start = self._setup_lazy
-            for i, (va, pages) in enumerate(sorted(self._setup_lazy_areas.items())):
-                if va < EXEC_RANGE_START and pages > 1:
-                    id_ = WARMUP_ID_BASE - 2 - i
-                    self._pre_areas.append((va, pages, id_))
-                    rows += [[ts, 0, "vmalloc", id_, (pages - 1) * PAGE_SIZE, None, *zero, 0],
-                             [ts, 0, "vfree", id_, 0, None, *zero, 0]]
-                    self.lazy_start -= pages
+        for i, (va, pages) in enumerate(sorted(self._setup_lazy_areas.items())):
+            if va < EXEC_RANGE_START and pages > 1:
+                id_ = WARMUP_ID_BASE - 2 - i
+                self._pre_areas.append((va, pages, id_))
+                rows += [[ts, 0, "vmalloc", id_, (pages - 1) * PAGE_SIZE, None, *zero, 0],
+                         [ts, 0, "vfree", id_, 0, None, *zero, 0]]
+                if self.lazy_start > 0:
+                    self.lazy_start = max(self.lazy_start - pages, 0)
         if self.lazy_start and self.lazy_start > 1:
             size = (self.lazy_start - 1) * PAGE_SIZE            # the emulator adds the guard page
             rows += [[ts, 0, "vmalloc", WARMUP_ID_BASE - 1, size, None, *zero, 0],
