@@ -78,6 +78,11 @@ class Machine:
         which decides where new areas land and so how wide purges are).
         ``@ID``: the area is the trace's vmalloc ``ID`` (allocated before
         tracing, freed during it), which then takes this block.
+    module_busy
+        The same for the module/execmem range, ``OFFSET+PAGES,...`` in pages
+        from ``MODULES_VADDR``: boot-time modules, packs and the load-offset
+        hole, so the replay's executable areas land where the kernel's did
+        (replaces the ``kaslr`` offset).
     """
 
     nr_cpus: int = 64
@@ -87,6 +92,7 @@ class Machine:
     kaslr: bool = True
     tlb_single_page_flush_ceiling: int = TLB_SINGLE_PAGE_FLUSH_CEILING
     vmalloc_busy: str = ""
+    module_busy: str = ""
 
     def __post_init__(self) -> None:
         if self.nr_cpus < 1:
@@ -99,6 +105,8 @@ class Machine:
                 raise PermtraceError(f"direct_map must be (DirectMap4k, DirectMap2M, DirectMap1G) kB, got {self.direct_map}")
         if self.vmalloc_busy and not re.fullmatch(r"\d+\+\d+(@\d+)?(,\d+\+\d+(@\d+)?)*", self.vmalloc_busy):
             raise PermtraceError(f"vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages), got {self.vmalloc_busy[:40]!r}")
+        if self.module_busy and not re.fullmatch(r"\d+\+\d+(,\d+\+\d+)*", self.module_busy):
+            raise PermtraceError(f"module_busy must be 'OFFSET+PAGES,...' (pages), got {self.module_busy[:40]!r}")
         if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
             raise PermtraceError(
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
@@ -108,7 +116,7 @@ class Machine:
         """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
 
         Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G``,
-        ``buddyinfo`` and ``vmalloc_busy`` when present; anything missing
+        ``buddyinfo``, ``vmalloc_busy`` and ``module_busy`` when present; anything missing
         keeps the default.  A bad value raises :class:`TraceError` naming
         ``source`` (the trace file).
         """
@@ -127,8 +135,9 @@ class Machine:
                 kw["direct_map"] = tuple(v or 0 for v in dm)
             if meta.get("buddyinfo", "").strip():
                 kw["fragmentation"] = meta["buddyinfo"]
-            if meta.get("vmalloc_busy"):
-                kw["vmalloc_busy"] = meta["vmalloc_busy"]
+            for key in ("vmalloc_busy", "module_busy"):
+                if meta.get(key):
+                    kw[key] = meta[key]
             return cls(**{**kw, **overrides})
         except (ValueError, PermtraceError) as e:
             raise TraceError(f"bad machine metadata: {e}", file=source,
@@ -142,6 +151,10 @@ class Machine:
             off, _, n = span.partition("+")
             out.append((int(off), int(n), int(id_) if id_ else None))
         return out
+
+    def module_blocks(self) -> list[tuple[int, int]]:
+        """:attr:`module_busy` parsed: ``(offset, pages)``."""
+        return [tuple(int(x) for x in b.split("+")) for b in filter(None, self.module_busy.split(","))]
 
     @property
     def lazy_max_pages(self) -> int:
@@ -204,9 +217,9 @@ class Kernel:
         self._waste_ts = None
         self.pages = PageAllocator(machine.mem_bytes, machine.fragmentation, self.rng, boot_holes)
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
-        self.vm = Vmalloc(self, machine.lazy_max_pages,
-                          module_offset=int(self.rng.integers(1, 1025)) if machine.kaslr else 0,
-                          busy=machine.vmalloc_blocks())
+        offset = int(self.rng.integers(1, 1025)) if machine.kaslr else 0
+        self.vm = Vmalloc(self, machine.lazy_max_pages, module_offset=0 if machine.module_busy else offset,
+                          busy=machine.vmalloc_blocks(), module_busy=machine.module_blocks())
 
     def defer(self, work) -> None:
         """Run ``work()`` now, or, for an event running concurrently with an op, once that op is done

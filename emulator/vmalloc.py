@@ -255,8 +255,9 @@ class Vmalloc:
     """The vmap areas of one kernel: the vmalloc range, the module range and the lazy-free list."""
 
     def __init__(self, k, lazy_max_pages: int, module_offset: int = 0,
-                 busy: list[tuple[int, int, int | None]] = ()) -> None:
-        """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``).
+                 busy: list[tuple[int, int, int | None]] = (), module_busy: list[tuple[int, int]] = ()) -> None:
+        """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``);
+        ``module_busy``: ``(offset, pages)`` of the module range (``Machine.module_busy``).
 
         Blocks beyond the emulated range (4-level paging's 32 TiB; a 5-level
         host's is larger) are dropped: nothing is ever placed there."""
@@ -265,7 +266,8 @@ class Vmalloc:
         self.pages = k.pages
         self.lazy_max_pages = lazy_max_pages
         self.vmalloc_range = VmapRange("vmalloc", VMALLOC_START, VMALLOC_END, [b[:2] for b in busy])
-        self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END)
+        self.module_range = VmapRange("modules", MODULES_VADDR + module_offset, MODULES_END,
+                                      [b for b in module_busy if b[0] + b[1] <= MODULES_END - MODULES_VADDR])
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued
         self.plain: dict[int, tuple[int, int, list[int]]] = {}   # trace id -> plain area (see run)

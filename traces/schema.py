@@ -102,6 +102,8 @@ META_KEYS: tuple[str, ...] = (
     "DirectMap1G",
     "buddyinfo",         # text of /proc/buddyinfo at start, when recorded
     "pagetypeinfo",      # text of /proc/pagetypeinfo at start, when recorded
+    "vmalloc_busy",      # vmalloc range in use at start, OFFSET+PAGES[@ID],... (importers)
+    "module_busy",       # module range in use at start, OFFSET+PAGES,... (importers)
 )
 
 #: Absurd-size bound for validation: no single request is over 1 TiB.

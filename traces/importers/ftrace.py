@@ -389,6 +389,8 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
         meta["warmup_events"] = str(conv.n_warmup)
     if busy := conv.vmalloc_busy():
         meta["vmalloc_busy"] = busy
+    if busy := conv.module_busy():
+        meta["module_busy"] = busy
     summary.metadata = meta
     out = Path(out)
     summary.trace = write_trace(out, trace, meta)

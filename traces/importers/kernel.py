@@ -75,6 +75,8 @@ ULONG_MAX = (1 << 64) - 1
 #: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
 EXEC_RANGE_START = 0xFFFFFFFF80000000
+#: ``MODULES_VADDR`` of a KASLR kernel (``__START_KERNEL_map`` + 1 GiB ``KERNEL_IMAGE_SIZE``).
+MODULES_VADDR = 0xFFFFFFFFC0000000
 #: ``bpf_prog_pack`` areas: ``BPF_PROG_PACK_SIZE`` (2 MiB) + guard page.
 BPF_PACK_AREA = 2 * 1024 * 1024 + PAGE_SIZE
 #: A BPF load whose exec area has not shown up within this much trace time
@@ -151,6 +153,7 @@ class KernelEventConverter:
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
+        self._exec_spans: list[tuple[int, int]] = []  # [va, va + size) of every traced exec-range area
         self._pre_areas: list[tuple[int, int, int]] = []   # (va, pages, id): allocated before tracing
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
@@ -445,6 +448,7 @@ class KernelEventConverter:
         if not self.counts(pid, comm):
             self.unused["exec-range alloc by another task"] += 1
             return
+        self._exec_spans.append((va, va + size))
         if self._pending_bpf is not None:
             bpf_id = self._pending_bpf[0]
             self._flush_bpf(ts, cpu, exec_size=size, pid=pid)
@@ -893,6 +897,25 @@ class KernelEventConverter:
                     for piece in ((gs, min(ge, s)), (max(gs, e), ge)) if piece[1] > piece[0]]
         blocks = sorted([(s, e, "") for s, e in gaps] + [(s, e, f"@{id_}") for s, e, id_ in pre])
         return ",".join(f"{(s - base) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}{tag}" for s, e, tag in blocks)
+
+    def module_busy(self) -> str:
+        """The module range's VA in use when tracing began, for ``Machine.module_busy``.
+
+        Every gap below the highest traced exec-range area that no traced area
+        ever covered (the load-offset hole, boot-time modules and packs, the
+        tracer's own kprobe pages), as ``OFFSET+PAGES`` from ``MODULES_VADDR``
+        (KASLR layout; empty for a kernel whose module range starts lower).
+        Simplification: an area allocated before tracing and freed during it
+        stays busy for the whole replay.
+        """
+        if not self._exec_spans or min(s for s, _ in self._exec_spans) < MODULES_VADDR:
+            return ""
+        gaps, pos = [], MODULES_VADDR
+        for start, end in sorted(self._exec_spans):
+            if start > pos:
+                gaps.append((pos, start))
+            pos = max(pos, end)
+        return ",".join(f"{(s - MODULES_VADDR) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}" for s, e in gaps)
 
     def add_warmup(self, prog: BpfProg) -> None:
         """One more program alive at the start (before ``finish``)."""
