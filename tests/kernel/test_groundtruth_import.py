@@ -111,10 +111,7 @@ CHECKS = [
     pytest.param("serial_6.1_4level_smp2", "linux-6.1", id="guest-6.1-modules"),
     pytest.param("serial_6.1_4level_smp2_cpa", "linux-6.1", id="guest-6.1-modules-cpa"),
     pytest.param("serial_6.1_bpf", "linux-6.1", id="guest-6.1-bpf"),
-    pytest.param("serial_6.12_bpf", "linux-6.12", id="guest-6.12-bpf", marks=_xfail(
-        "flushes, purges and sync_core exact; only L2 splits above the range (39 vs 33..37): the "
-        "same workload split 35 regions on 6.1, and on 6.12 one pack alone drew pages from 9 regions "
-        "not yet split (boot-era pageblocks), more than the model's 3..5 boot holes allow")),
+    pytest.param("serial_6.12_bpf", "linux-6.12", id="guest-6.12-bpf"),
     pytest.param("serial_5.10_modules_smp2", "linux-5.10", id="guest-5.10-modules"),
     pytest.param("serial_6.12_modules_smp2", "linux-6.12", id="guest-6.12-modules"),
     pytest.param("serial_510_fresh_8G", "linux-5.10", id="guest-5.10-bpf-fresh"),
