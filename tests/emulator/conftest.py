@@ -14,7 +14,7 @@ def build_trace(events: list[tuple], meta: dict[str, str] | None = None) -> pa.T
     rows = []
     for seq, ev in enumerate(events):
         d = dict(zip(("op", "id", "size"), ev)) if isinstance(ev, tuple) else dict(ev)
-        row = {"seq": seq, "ts_ns": (seq + 1) * 1_000_000, "cpu": 0, "owner": None, "patch_sites": 0,
+        row = {"seq": seq, "ts_ns": (seq + 1) * 1_000_000, "cpu": 0, "owner": None, "patch_sites": 0, "concurrent": 0,
                "size": 0, **{c: 0 for c in SECTION_COLUMNS}}
         row.update(d)
         rows.append(row)

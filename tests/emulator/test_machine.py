@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emulator import Machine, policies, replay
-from emulator.page_alloc import (BOOT_HOLE_BLOCKS, BOOT_RESERVED_BLOCKS, PageAllocator,
+from emulator.page_alloc import (BOOT_HOLE_BLOCKS, BOOT_RESERVED_BLOCKS, PCP_BATCH, PageAllocator,
                                  large_blocks_from_buddyinfo)
 from emulator.result import LEVEL_1G, LEVEL_2M, LEVEL_4K
-from emulator.vmalloc import VFREE, VMALLOC, VMALLOC_START, VmapRange
+from emulator.vmalloc import MODULES_VADDR, VFREE, VMALLOC, VMALLOC_START, VmapRange
 from emulator.errors import ReplayError
 from traces.errors import PermtraceError
 
@@ -81,6 +81,38 @@ def test_an_area_of_the_start_is_freed_where_it_lies(trace):
     with pytest.raises(ReplayError, match="does not fit its vmalloc_busy block") as e:
         replay(bad, policies.make("legacy"), Machine.from_metadata({"nr_cpus": "2", "vmalloc_busy": "4+4@7"}))
     assert e.value.row == 0
+
+
+def test_module_busy_lays_out_the_module_range_in_place_of_the_load_offset():
+    # GIVEN 514 pages of the module range in use at start (a KASLR machine: its offset is ignored)
+    k = Machine(nr_cpus=2, module_busy="0+514", kaslr=True).boot(0)
+    # WHEN an executable area is allocated THEN it lands right above them
+    assert k.vm.vmalloc(1, k.vm.module_range).addr == MODULES_VADDR + 514
+    with pytest.raises(PermtraceError, match="module_busy"):
+        Machine(module_busy="0+5@3")
+    assert Machine.from_metadata({"module_busy": "0+2"}).module_blocks() == [(0, 2)]
+
+
+def test_boot_holes_come_after_the_starting_state():
+    # GIVEN a page allocator booted for a trace whose first events rebuild the boot's own state
+    pa = PageAllocator(4 << 30, "fresh", np.random.default_rng(0), boot_holes=False)
+    reserved = BOOT_RESERVED_BLOCKS << 9
+    # WHEN the boot's allocations are served (8 pcp batches) THEN they come from a fresh pageblock
+    assert min(pa.alloc_pages(8 * PCP_BATCH)) >= reserved
+    # WHEN the boot then leaves its holes THEN the next pages come from them
+    pa.boot_holes()
+    assert max(pa.alloc_pages(8)) < reserved
+
+
+def test_replay_leaves_the_boot_holes_to_after_the_warmup_events(trace, monkeypatch):
+    # GIVEN a trace with one warmup event; WHEN replayed THEN boot_holes runs once, after it
+    calls = []
+    orig = PageAllocator.boot_holes
+    monkeypatch.setattr(PageAllocator, "boot_holes", lambda self: (calls.append(self.pages_in_use), orig(self)))
+    meta = {"nr_cpus": "2", "warmup_events": "1"}
+    replay(trace([("vmalloc", 1, 4096), ("vmalloc", 2, 4096)], meta), policies.make("legacy"),
+           Machine.from_metadata(meta, kaslr=False))
+    assert calls == [1]
 
 
 def test_machine_is_hashable_for_run_ids():

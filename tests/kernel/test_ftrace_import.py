@@ -562,3 +562,155 @@ def test_5_10_bpf_prog_free_follows_its_own_image(tmp_path):
         ("bpf_prog_free", 1_000_000, 3_400_000_000)]
     assert by_op(obs)[("vmap_purge", "bpf_prog_free")] == 1
     assert summary.unused["bpf_prog_free after the trace ended (placed at its end)"] == 1
+
+
+# --- concurrency: what other CPUs did while an op was in progress ------------------------------
+
+NOTHING = "start=0xffffffffffffffff end=0x0"    # __purge_vmap_area_lazy(ULONG_MAX, 0): a CPA's purge
+
+
+def insmod(task: str, cpu: int, t: float, core: int, init: int, name: str, cpas: list[str]) -> list[str]:
+    """A 6.1 load (kprobes of qemu/init.sh) of a module with one text page in core and in init;
+    ``cpas``: lines after its first CPA's purge (more CPAs, other CPUs' events), in time order."""
+    p = f"{task} [{cpu:03d}] ..... "
+    return [f"{p}{t:.6f}: alloc_va: (alloc_vmap_area+0x0/0x880) size=8192 align=4096 {EXEC}",
+            f"{p}{t + 1e-6:.6f}: alloc_va_ret: (x <- alloc_vmap_area) va_start={core:#x} va_end={core + 8192:#x}",
+            f"{p}{t + 2e-6:.6f}: alloc_va: (alloc_vmap_area+0x0/0x880) size=8192 align=4096 {EXEC}",
+            f"{p}{t + 3e-6:.6f}: alloc_va_ret: (x <- alloc_vmap_area) va_start={init:#x} va_end={init + 8192:#x}",
+            f"{p}{t + 10e-6:.6f}: set_ro: (set_memory_ro+0x0/0x30) addr={core:#x} npages=1",
+            f"{p}{t + 11e-6:.6f}: purge: (__purge_vmap_area_lazy+0x0/0x750) {NOTHING}",
+            *cpas,
+            f"{p}{t + 90e-6:.6f}: set_x: (set_memory_x+0x0/0x50) addr={init:#x} npages=1",
+            f"{p}{t + 91e-6:.6f}: purge: (__purge_vmap_area_lazy+0x0/0x750) {NOTHING}",
+            f"{p}{t + 99e-6:.6f}: module_load: {name} "]
+
+
+def init_free(cpu: int, t: float, init: int, swept: bool) -> list[str]:
+    """do_free_init in a kworker: the init area queued lazily, then vm_reset_perms' purge over the
+    direct-map range of its page; ``swept``: another CPU's purge took the area meanwhile, so this
+    one finds nothing and flushes that range alone (a full flush: the page lies far off)."""
+    k = f"kworker/{cpu}:1-17 [{cpu:03d}] ..... "
+    dmap = "start=0xffff888100000000 end=0xffff888100400000"
+    flush = f"start=0xffff888100000000 end={init + 8192:#x}" if not swept else dmap
+    return [f"{k}{t:.6f}: free_va: (free_vmap_area_noflush+0x0/0x340) va_start={init:#x} va_end={init + 8192:#x}",
+            f"{k}{t + 40e-6:.6f}: purge: (__purge_vmap_area_lazy+0x0/0x750) {dmap}",
+            f"{k}{t + 41e-6:.6f}: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) {flush}",
+            f"{k}{t + 42e-6:.6f}: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_flush_tlb_all+0x0/0x30"]
+
+
+A_CORE, A_INIT, B_CORE, B_INIT = 0xffffffffc0200000, 0xffffffffc0202000, 0xffffffffc0204000, 0xffffffffc0206000
+
+
+def test_init_free_raced_by_the_next_load_is_its_concurrent_span(tmp_path):
+    # GIVEN module a loaded; while insmod b (CPU 1) changes permissions, a's do_free_init kworker
+    # (CPU 0) queues a's init area, b's next CPA purges it, and the kworker's reset then finds
+    # nothing queued and flushes the direct-map range alone
+    b_cpa = [f"insmod-20 [001] ..... 5.000030: set_nx: (set_memory_nx+0x0/0x50) addr={B_CORE:#x} npages=0",
+             f"insmod-20 [001] ..... 5.000031: purge: (__purge_vmap_area_lazy+0x0/0x750) {NOTHING}",
+             f"insmod-20 [001] ..... 5.000032: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) "
+             f"start={A_INIT:#x} end={A_INIT + 8192:#x}",
+             "insmod-20 [001] ..... 5.000033: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) "
+             "func=do_kernel_range_flush+0x0/0x30"]
+    lines = [*insmod("insmod-10", 0, 4.0, A_CORE, A_INIT, "a", []),
+             *insmod("insmod-20", 1, 5.0, B_CORE, B_INIT, "b", [*init_free(0, 5.000020, A_INIT, True)[:1],
+                                                                 *b_cpa, *init_free(0, 5.000020, A_INIT, True)[1:]])]
+    # WHEN imported
+    _, trace, obs = run(tmp_path, lines)
+    # THEN b's load holds a's init free in its span (it began while b changed permissions)
+    assert trace.select("op", "id", "cpu", "concurrent").rows() == [
+        ("module_load", 1, 0, 0), ("module_load", 2, 1, 1), ("module_init_free", 1, 0, 0)]
+    # AND b's load owns the purge of a's init area; a's reset owns a full flush of its direct map
+    # alone, observed as vm_reset_flush_all (placement decides full or ranged: check-model's rule)
+    got = by_op(obs)
+    assert got[("vmap_purge", "module_load")] == 1 and got[("flush_tlb_kernel_range", "module_load")] == 1
+    assert ("vmap_purge", "module_init_free") not in got
+    assert got[("flush_tlb_all", "module_init_free")] == got[("vm_reset_flush_all", "module_init_free")] == 1
+
+
+def test_init_free_its_own_purge_swept_is_not_in_the_span(tmp_path):
+    # GIVEN the same, but a's area reached the lazy list only after b's purge snapshot: b's purge
+    # finds nothing and the kworker's own reset purges it
+    b_cpa = [f"insmod-20 [001] ..... 5.000030: set_nx: (set_memory_nx+0x0/0x50) addr={B_CORE:#x} npages=0",
+             f"insmod-20 [001] ..... 5.000031: purge: (__purge_vmap_area_lazy+0x0/0x750) {NOTHING}"]
+    free = init_free(0, 5.000020, A_INIT, False)
+    lines = [*insmod("insmod-10", 0, 4.0, A_CORE, A_INIT, "a", []),
+             *insmod("insmod-20", 1, 5.0, B_CORE, B_INIT, "b", [free[0], *b_cpa, *free[1:]])]
+    # WHEN imported THEN the init free ran after b's permission changes as far as the kernel's
+    # purges tell: no span, and the free owns its purge and full flush
+    _, trace, obs = run(tmp_path, lines)
+    assert trace["concurrent"].to_list() == [0, 0, 0]
+    got = by_op(obs)
+    assert got[("vmap_purge", "module_init_free")] == got[("flush_tlb_all", "module_init_free")] == 1
+    assert ("vm_reset_flush_all", "module_init_free") not in got
+
+
+def test_split_is_charged_to_the_op_whose_cpa_split(tmp_path):
+    # GIVEN a load whose after-init set_memory_ro splits a 2M page (__split_large_page's own
+    # flush_tlb_all under pgd_lock + cpa_lock: preempt depth 2), and a vmstat reading after both
+    i = "insmod-20 [001] "
+    lines = ["GT enabled: gt:flush_all",
+             *insmod("insmod-20", 1, 5.0, B_CORE, B_INIT, "b", []),
+             f"{i}..... 5.000200: set_ro: (set_memory_ro+0x0/0x30) addr={B_CORE:#x} npages=1",
+             f"{i}..... 5.000201: purge: (__purge_vmap_area_lazy+0x0/0x750) {NOTHING}",
+             f"{i}...2. 5.000210: flush_all: (flush_tlb_all+0x0/0x30)",
+             f"{i}...2. 5.000211: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) func=do_flush_tlb_all+0x0/0x30",
+             f"{i}..... 5.000220: flush_all: (flush_tlb_all+0x0/0x30)",     # CPA's own: not a split
+             "init-1 [000] ..... 5.1: tracing_mark_write: GT vmstat direct_map_level2_splits 1 "
+             "direct_map_level3_splits 0 ",
+             "init-1 [000] ..... 5.2: tracing_mark_write: GT vmstat direct_map_level2_splits 2 "
+             "direct_map_level3_splits 0 "]
+    lines[1:1] = ["GT vmstat-before direct_map_level2_splits 0",
+                  "init-1 [000] ..... 4.9: tracing_mark_write: GT start"]
+    # WHEN imported THEN the split is module_init's (do_init_module), not the load's the reading
+    # follows; the second reading, with no split flush seen, falls back to the load
+    _, trace, obs = run(tmp_path, lines)
+    assert trace["op"].to_list() == ["module_load", "module_init"]
+    got = by_op(obs)
+    assert got[("direct_map_level2_splits", "module_init")] == 1
+    assert got[("direct_map_level2_splits", "module_load")] == 1
+
+
+def test_areas_queued_during_setup_are_replayed_where_they_lay(tmp_path):
+    # GIVEN init.sh's setup: an area allocated and freed lazily before "GT start", then one traced
+    # vmalloc right above it
+    p = "init-1 [000] ..... "
+    lines = ["GT enabled: gt:alloc_va gt:alloc_va_ret gt:free_va gt:purge",
+             f"{p}1.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=20480 align=4096 {VMAL}",
+             f"{p}1.1: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000000000 va_end=0xffffc90000005000",
+             f"{p}1.2: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc90000000000 "
+             "va_end=0xffffc90000005000",
+             f"{p}2.0: tracing_mark_write: GT start",
+             f"{p}3.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=8192 align=4096 {VMAL}",
+             f"{p}3.1: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000005000 va_end=0xffffc90000007000"]
+    # WHEN imported THEN a warmup vmalloc + vfree stands for the queued area, pinned to its VA
+    # (busy until the first purge, as in the kernel), and the traced vmalloc follows
+    summary, trace, _ = run(tmp_path, lines)
+    warm = 2 ** 40 - 2
+    assert trace.select("op", "id", "size").rows() == [("vmalloc", warm, 16384), ("vfree", warm, 0),
+                                                       ("vmalloc", 1, 4096)]
+    assert summary.metadata["warmup_events"] == "2"
+    assert summary.metadata["vmalloc_busy"] == f"0+5@{warm}"
+
+
+def test_module_range_layout_before_tracing_becomes_module_busy(tmp_path):
+    # GIVEN a load whose areas sit 2 MiB + 8 KiB into the module range (boot modules, the tracer's
+    # kprobe pages and the load offset below them)
+    lines = insmod("insmod-20", 1, 5.0, 0xffffffffc0202000, 0xffffffffc0204000, "b", [])
+    # WHEN imported THEN the pages below it were in use at the start
+    summary, _, _ = run(tmp_path, lines)
+    assert summary.metadata["module_busy"] == "0+514"
+
+
+def test_free_va_kprobe_sizes_the_free_tracepoint(tmp_path):
+    # GIVEN a guest tracing both (7.2): a free of an area allocated before tracing, which only the
+    # free_va kprobe sizes
+    k = "kworker/0:1-9 [000] ..... "
+    lines = ["GT enabled: vmalloc:free_vmap_area_noflush gt:free_va",
+             "init-1 [000] ..... 1.0: tracing_mark_write: GT start",
+             f"{k}2.0: free_va: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffc90000400000 "
+             "va_end=0xffffc90000405000",
+             f"{k}2.1: free_vmap_area_noflush: va_start=0xffffc90000400000 nr_lazy=5 nr_lazy_max=16384"]
+    # WHEN imported THEN it is one free (the tracepoint's), replayed with a stand-in of its size
+    summary, trace, _ = run(tmp_path, lines)
+    assert trace.select("op", "size").rows() == [("vmalloc", 16384), ("vfree", 0)]
+    assert summary.metadata["vmalloc_busy"] == "1024+5@1"
