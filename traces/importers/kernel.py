@@ -61,8 +61,8 @@ end of the import (module and BPF windows are back-patched); a trace of
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
 from collections import Counter
+from itertools import islice, takewhile
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -207,6 +207,8 @@ class KernelEventConverter:
         self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
         self._cpa_wait: dict[int, tuple[int, int | None]] = {}  # pid -> (cpu, init's module) at CPA
         self._init_rows: dict[int, int] = {}        # pid -> its module_init row (do_init_module's CPAs)
+        self._anchors: dict[int, int] = {}          # pid -> op row placed at the purge it is in
+        self._after: dict[int, int] = {}            # op row -> the row it goes after (finish())
         self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
         self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
         self._purge_entries = False                 # purges are seen at their entry (kprobe logs)
@@ -483,15 +485,19 @@ class KernelEventConverter:
         if self._purge_entries and len(self.events) > n:
             self._queued[va] = (len(self.events) - 1, ts, pid)
 
-    def _sweep(self, pid: int, ts: int, start: int | None, end: int | None) -> None:
-        """A purge that began at ``ts`` flushed ``[start, end)`` (None: nothing queued): every area
-        queued before its snapshot lies in that range.  Which task's purge swept each event's area
-        (``_caught``) tells whether the event really landed inside an op (finish()): an area freed
-        microseconds before another CPU's purge may still miss it."""
+    def _sweep(self, pid: int, ts: int, start: int, end: int) -> list[int]:
+        """A purge flushed ``[start, end)`` at ``ts``: every area queued before its snapshot lies in
+        that range.  Which task's purge swept each event's area (``_caught``) tells whether the
+        event really landed inside an op (finish()): an area freed microseconds before another
+        CPU's purge may still miss it, or one freed just after the purge began be in it.  Returns
+        the rows of the events whose areas it swept."""
+        swept = []
         for va, (row, t, freer) in list(self._queued.items()):
-            if t <= ts and start is not None and start <= va < end:
+            if t <= ts and start <= va < end:
                 self._caught[row] = (pid, freer)
                 del self._queued[va]
+                swept.append(row)
+        return swept
 
     def _free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
               va_end: int | None = None) -> None:
@@ -646,13 +652,20 @@ class KernelEventConverter:
             t, p_start, p_end = pending
             fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
             self.purge(t, pid, comm, not fallback)
+            anchor = self._anchors.pop(pid, None)
             if not fallback:
-                self._sweep(pid, t, start, end)
+                late = [r for r in self._sweep(pid, ts, start, end) if anchor is not None and r > anchor]
+                if late:
+                    # frees the op's first purge swept though they came after its entry: the op
+                    # takes its place after them (finish()), so that its replay sweeps them too
+                    self._after[anchor] = last = max(late)
+                    self.events[anchor][0] = self.events[last][0]
             self.observable.add("vm_reset_flush_all")
             if fallback:
                 self._reset_fallback.add(pid)
 
     def _end_purge(self, pid: int, comm: str) -> None:
+        self._anchors.pop(pid, None)
         pending = self._pending_purge.pop(pid, None)
         if pending is not None:
             self.purge(pending[0], pid, comm, False)
@@ -732,10 +745,10 @@ class KernelEventConverter:
             return
         cpu, mid = wait
         if mid is not None:
-            self._init_rows[pid] = self._emit(ts, cpu, "module_init", mid, pid=pid)
+            self._init_rows[pid] = self._anchors[pid] = self._emit(ts, cpu, "module_init", mid, pid=pid)
         elif (w := self._windows.get(pid)) is not None:
             if w.cpa_row is None and w.rows:
-                w.cpa_row = self._emit(ts, cpu, None, 0, pid=pid)
+                w.cpa_row = self._anchors[pid] = self._emit(ts, cpu, None, 0, pid=pid)
                 self._merged[w.cpa_row] = w.rows[0]      # unless a module_load claims it
             w.cpa_end = len(self.events)
         elif (row := self._init_rows.get(pid)) is not None:     # do_init_module's next CPA
@@ -832,7 +845,8 @@ class KernelEventConverter:
             self._end_purge(pid, "")
         for pid in list(self._cpa_wait):
             self._cpa_purged(self.last_ts, pid)
-        keep = [i for i, e in enumerate(self.events) if e[2] is not None]
+        keep = sorted((i for i, e in enumerate(self.events) if e[2] is not None),
+                      key=lambda i: (self._after[i], 1) if i in self._after else (i, 0))
         new_row = {old: new for new, old in enumerate(keep)}
         remap = {old: new_row[self._merged.get(old, old)] for old in range(len(self.events))}
         pre = [r + [0] for r in self._warmup_rows()]
@@ -847,12 +861,12 @@ class KernelEventConverter:
             sweeper, freer = self._caught.get(r, (None, None))
             return sweeper == pid or (sweeper == freer and self.events[r][1] == self.events[op_row][1])
 
-        for op_row, (end, pid) in sorted(self._spans.items()):
+        for op_row, (end, pid) in sorted(self._spans.items(), key=lambda kv: new_row[kv[0]]):
             # a lazy free that missed the op's purges ran after them: the span ends before it
-            end = next((r for r in range(op_row + 1, end)
-                        if r in lazy_frees and not landed(r, op_row, pid)), end)
+            first = self._after.get(op_row, op_row) + 1
+            end = next((r for r in range(first, end) if r in lazy_frees and not landed(r, op_row, pid)), end)
             if new_row[op_row] > span_end:                  # spans do not nest
-                m = bisect_left(keep, end) - new_row[op_row] - 1
+                m = sum(1 for _ in takewhile(lambda r: r < end, islice(keep, new_row[op_row] + 1, None)))
                 rows[remap[op_row]][-1] = m
                 span_end = new_row[op_row] + m
         cols = list(zip(*rows)) if rows else [()] * (6 + _N_SECT + 2)
