@@ -714,3 +714,24 @@ def test_free_va_kprobe_sizes_the_free_tracepoint(tmp_path):
     summary, trace, _ = run(tmp_path, lines)
     assert trace.select("op", "size").rows() == [("vmalloc", 16384), ("vfree", 0)]
     assert summary.metadata["vmalloc_busy"] == "1024+5@1"
+
+
+def test_a_free_the_loads_first_purge_swept_comes_before_the_load(tmp_path):
+    # GIVEN a stack freed by a kworker microseconds after insmod's first purge began, yet swept by
+    # it (the purge's snapshot came later than its kprobe)
+    va = 0xffffc90000408000
+    swept = [f"kworker/0:1-17 [000] ..... 5.000015: free_va: (free_vmap_area_noflush+0x0/0x340) "
+             f"va_start={va:#x} va_end={va + 0x5000:#x}",
+             f"insmod-20 [001] ..... 5.000020: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) "
+             f"start={va:#x} end={va + 0x5000:#x}",
+             "insmod-20 [001] ..... 5.000021: on_each_cpu: (on_each_cpu_cond_mask+0x0/0x40) "
+             "func=do_kernel_range_flush+0x0/0x30"]
+    lines = [f"p-5 [000] ..... 4.0: alloc_va: (alloc_vmap_area+0x0/0x880) size=20480 align=16384 {VMAL}",
+             f"p-5 [000] ..... 4.1: alloc_va_ret: (x <- alloc_vmap_area) va_start={va:#x} va_end={va + 0x5000:#x}",
+             *insmod("insmod-20", 1, 5.0, B_CORE, B_INIT, "b", swept)]
+    # WHEN imported THEN the free comes before the load, whose first CPA then purges it as in the
+    # kernel, and the load takes the free's time (times never go back)
+    _, trace, obs = run(tmp_path, lines)
+    assert trace.select("op", "concurrent").rows() == [("vmalloc", 0), ("vfree", 0), ("module_load", 0)]
+    assert trace["ts_ns"].to_list()[1:] == [5_000_015_000, 5_000_015_000]
+    assert by_op(obs)[("vmap_purge", "module_load")] == 1

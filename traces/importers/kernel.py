@@ -665,9 +665,9 @@ class KernelEventConverter:
                 self._reset_fallback.add(pid)
 
     def _end_purge(self, pid: int, comm: str) -> None:
-        self._anchors.pop(pid, None)
         pending = self._pending_purge.pop(pid, None)
         if pending is not None:
+            self._anchors.pop(pid, None)
             self.purge(pending[0], pid, comm, False)
 
     def csd_queue(self, ts: int, src_cpu: int, pid: int, comm: str, target: int, func: str) -> None:
