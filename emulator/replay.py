@@ -10,8 +10,9 @@ events (those that began while it was in progress) interleaved: they run
 after its first CPA (``Kernel.concurrent``).  One on the op's own CPU ran
 while the op was preempted, so it runs whole; one on another CPU ran in
 parallel, and what it finishes only after the op (``Kernel.defer``) runs
-when the op returns.  An op that makes no CPA gets them after it.  Simplification: one interleaving point per op, where
-the kernel's other CPUs may land between any two of its steps.
+when the op returns.  An op that makes no CPA gets them after it.
+Simplification: one interleaving point per op, where the kernel's other
+CPUs may land between any two of its steps.
 """
 
 from __future__ import annotations

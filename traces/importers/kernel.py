@@ -31,7 +31,13 @@ What becomes a trace event (policy-neutral: what the workload asked for):
   = sites in the batch), because the batches, not the sites, cost IPIs;
 - a program's release (``GT close``/``GT bpfF``) -> a ``bpf_prog_free`` where
   the kernel frees the program: its deferred free in a kworker, not the close
-  (:meth:`KernelEventConverter._bpf_release`).
+  (:meth:`KernelEventConverter._bpf_release`);
+- what other CPUs did while a load or an init was changing permissions, or
+  an init free was between its unmap and its reset's purge -> that op's
+  ``concurrent`` span (kprobe logs, which show purges at their entry and
+  what each purge swept): a lazy free counts only if the op's purge swept
+  it (or, on the op's CPU, its own did), and an op whose first purge swept
+  frees that came after the purge's entry goes after them.
 
 Observations (``kind``; ``value``; ``op`` = the op kind the kernel's work is
 charged to, as the emulator charges it: to the event that triggered it):
