@@ -189,9 +189,11 @@ class Kernel:
         6.15+: ``set_memory_rox`` passes ``CPA_COLLAPSE``.
 
     Concurrency (a trace's ``concurrent`` spans, set by :func:`emulator.replay`):
-    ``concurrent`` is called once, after the current op's first CPA, to run
-    the events that began while it was in progress; meanwhile ``deferred``
-    collects the work those events finish only after the op (:meth:`defer`).
+    ``concurrent`` is called once, at the current op's first point where other
+    CPUs' work shows (after its first CPA, or in ``vm_reset_perms`` before its
+    purge), to run the events that began while it was in progress; meanwhile
+    ``deferred`` collects the work those events finish only after the op
+    (:meth:`defer`).
     """
 
     def __init__(self, machine: Machine, seed: int, boot_holes: bool = True) -> None:
