@@ -218,6 +218,7 @@ class FtraceParser:
                     if tracepoint in parts:
                         self.skip.update(kprobes)
                 self.free_tracepoint = "vmalloc:free_vmap_area_noflush" in parts
+                self.conv.purge_entries = "gt:purge" in parts and "purge" not in self.skip
             elif s.startswith("GT meminfo-before") and len(parts) >= 4 and parts[3].isdigit():
                 self.meta[parts[2].rstrip(":")] = parts[3]
             self.s.unused["ground-truth log line"] += 1

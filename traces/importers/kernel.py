@@ -217,7 +217,9 @@ class KernelEventConverter:
         self._after: dict[int, int] = {}            # op row -> the row it goes after (finish())
         self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
         self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
-        self._purge_entries = False                 # purges are seen at their entry (kprobe logs)
+        #: purges are seen at their entry (init.sh's kprobe): set by the parser from "GT enabled:",
+        #: else by the first one
+        self.purge_entries = False
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
         sizes = Counter(p.bytes_jited for p in progs)
@@ -488,7 +490,7 @@ class KernelEventConverter:
         it became is remembered until a purge sweeps the area (:meth:`_sweep`)."""
         n = len(self.events)
         self._free(ts, cpu, pid, comm, va, nr_lazy, va_end)
-        if self._purge_entries and len(self.events) > n:
+        if self.purge_entries and len(self.events) > n:
             self._queued[va] = (len(self.events) - 1, ts, pid)
 
     def _sweep(self, pid: int, ts: int, start: int, end: int) -> list[int]:
@@ -633,7 +635,7 @@ class KernelEventConverter:
         """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
         ``flush_tlb_kernel_range`` follows that is not ``_vm_unmap_aliases``' fallback."""
         self._end_purge(pid, comm)
-        self._purge_entries = True
+        self.purge_entries = True
         self._cpa_purged(ts, pid)
         self._reset_purged(pid)
         self._pending_purge[pid] = (ts, start, end)
@@ -740,7 +742,7 @@ class KernelEventConverter:
             if addr in self._exec:
                 self._exec[addr] = ("module_core", mid)
         self._last[pid] = None
-        if not self._purge_entries:
+        if not self.purge_entries:
             self._cpa_purged(ts, pid)
 
     def _cpa_purged(self, ts: int, pid: int) -> None:
