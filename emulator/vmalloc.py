@@ -395,9 +395,11 @@ class Vmalloc:
         """
         self.free_vmap_area_noflush(area.vrange, area.addr, area.addr + area.nr_pages + 1)
         if area.flags & VM_FLUSH_RESET_PERMS:
-            self.k.defer(lambda: (self.vm_reset_perms(area), self._free_pages(area)))
-        else:
-            self._free_pages(area)
+            if self.k.deferred is not None:
+                self.k.defer(lambda: (self.vm_reset_perms(area), self._free_pages(area)))
+                return
+            self.vm_reset_perms(area)
+        self._free_pages(area)
 
     def _free_pages(self, area: vm_struct) -> None:
         if area.pmd_huge is not None and area.flags & VM_ALLOW_HUGE_VMAP:
