@@ -83,7 +83,7 @@ def check_model_cmd(
     policy: str = typer.Option(..., "--policy", "-P", help="policy or kernel alias, e.g. linux-6.1"),
     seeds: int = typer.Option(None, "--seeds", min=1, show_default=False,
                               help="seeds to replay; splits must fall within their min..max "
-                                   "[default: check_model.DEFAULT_SEEDS, 39]"),
+                                   "(default 39: check_model.DEFAULT_SEEDS)"),
     param: list[str] = typer.Option([], "--param", "-p", metavar="NAME=VALUE", help="policy parameter"),
 ) -> None:
     """Replay a recorded trace and compare with what the kernel did; exit 1 if a check fails."""
