@@ -232,7 +232,7 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
                 if lo < hi:
                     run(events(lo, hi))
                 else:                           # lo starts a span
-                    hi = lo + 1 + int(conc[lo])
+                    hi = min(n, lo + 1 + int(conc[lo]))     # a span past the end: what there is
                     run_span(lo, hi)
                     sj += 1
                 if holes_at is not None and base + hi >= holes_at:

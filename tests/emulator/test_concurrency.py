@@ -60,3 +60,10 @@ def test_a_fault_inside_a_span_names_its_own_row(trace, mod):
     with pytest.raises(ReplayError, match="unknown vmalloc id 9") as e:
         replay(trace(ev), policies.make("linux-6.1"), M)
     assert e.value.row == 2
+
+
+def test_a_span_past_the_trace_end_replays_what_there_is(trace, mod):
+    # GIVEN an invalid span (validate reports it) WHEN replayed THEN the events there are run
+    ev = [{**mod(1, text=4096), "concurrent": 5}, ("vmalloc", 1, 4096)]
+    r = replay(trace(ev), policies.make("linux-6.1"), M, batch_size=1)
+    assert r.n_events == 2 and r.per_op["vmalloc"]["events"] == 1
