@@ -224,12 +224,9 @@ class Kernel:
                           busy=machine.vmalloc_blocks(), module_busy=machine.module_blocks())
 
     def defer(self, work) -> None:
-        """Run ``work()`` now, or, for an event running concurrently with an op, once that op is done
-        (charged to the event)."""
-        if self.deferred is None:
-            work()
-        else:
-            self.deferred.append((self.stat, self.now, work))
+        """For an event running concurrently with an op (``deferred`` set): run ``work()`` once that
+        op is done, charged to the event."""
+        self.deferred.append((self.stat, self.now, work))
 
     def op_stats(self, op: str) -> dict[str, int]:
         d = self.per_op.get(op)

@@ -909,11 +909,7 @@ class KernelEventConverter:
             return ""
         pre = sorted((va, va + pages * PAGE_SIZE, id_) for va, pages, id_ in self._pre_areas)
         base = min([s for s, _ in self._vm_spans] + [s for s, _, _ in pre]) & ~((1 << 30) - 1)
-        gaps, pos = [], base
-        for start, end in sorted(self._vm_spans):
-            if start > pos:
-                gaps.append((pos, start))
-            pos = max(pos, end)
+        gaps = _gaps(self._vm_spans, base)
         for s, e, _ in pre:             # an area of the start is not a gap: cut it out of them
             gaps = [piece for gs, ge in gaps
                     for piece in ((gs, min(ge, s)), (max(gs, e), ge)) if piece[1] > piece[0]]
@@ -932,11 +928,7 @@ class KernelEventConverter:
         """
         if not self._exec_spans or min(s for s, _ in self._exec_spans) < MODULES_VADDR:
             return ""
-        gaps, pos = [], MODULES_VADDR
-        for start, end in sorted(self._exec_spans):
-            if start > pos:
-                gaps.append((pos, start))
-            pos = max(pos, end)
+        gaps = _gaps(self._exec_spans, MODULES_VADDR)
         return ",".join(f"{(s - MODULES_VADDR) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}" for s, e in gaps)
 
     def add_warmup(self, prog: BpfProg) -> None:
@@ -980,6 +972,16 @@ class KernelEventConverter:
         for k, v in zip(observed.column("kind").to_pylist(), observed.column("value").to_pylist()):
             out[k] += v
         return dict(sorted(out.items()))
+
+
+def _gaps(spans: list[tuple[int, int]], base: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` stretches from ``base`` up to the highest span that no span covers."""
+    gaps, pos = [], base
+    for start, end in sorted(spans):
+        if start > pos:
+            gaps.append((pos, start))
+        pos = max(pos, end)
+    return gaps
 
 
 def _mod_mem_types(w: _Window) -> list[int]:
