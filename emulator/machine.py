@@ -83,6 +83,12 @@ class Machine:
         from ``MODULES_VADDR``: boot-time modules, packs and the load-offset
         hole, so the replay's executable areas land where the kernel's did
         (replaces the ``kaslr`` offset).
+    execmem_cache
+        The execmem ROX cache's chunks at boot of the replay,
+        ``OFFSET+PAGES[:BUSY+PAGES...],...``: each chunk's VA in pages from
+        ``MODULES_VADDR`` (inside :attr:`module_busy`), then the ranges of it
+        already holding text, in pages from the chunk (a recorded trace's
+        ``execmem_cache`` metadata; used by the ``execmem_rox`` policy).
     """
 
     nr_cpus: int = 64
@@ -93,6 +99,7 @@ class Machine:
     tlb_single_page_flush_ceiling: int = TLB_SINGLE_PAGE_FLUSH_CEILING
     vmalloc_busy: str = ""
     module_busy: str = ""
+    execmem_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.nr_cpus < 1:
@@ -107,6 +114,10 @@ class Machine:
             raise PermtraceError(f"vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages), got {self.vmalloc_busy[:40]!r}")
         if self.module_busy and not re.fullmatch(r"\d+\+\d+(,\d+\+\d+)*", self.module_busy):
             raise PermtraceError(f"module_busy must be 'OFFSET+PAGES,...' (pages), got {self.module_busy[:40]!r}")
+        if self.execmem_cache and not re.fullmatch(r"\d+\+\d+(:\d+\+\d+)*(,\d+\+\d+(:\d+\+\d+)*)*",
+                                                   self.execmem_cache):
+            raise PermtraceError("execmem_cache must be 'OFFSET+PAGES[:BUSY+PAGES...],...' (pages), "
+                                 f"got {self.execmem_cache[:40]!r}")
         if self.fragmentation not in ("fresh", "aged") and "Node" not in self.fragmentation:
             raise PermtraceError(
                 f"fragmentation must be 'fresh', 'aged' or /proc/buddyinfo text, got {self.fragmentation[:40]!r}")
@@ -116,7 +127,8 @@ class Machine:
         """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
 
         Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G``,
-        ``buddyinfo``, ``vmalloc_busy`` and ``module_busy`` when present; anything missing
+        ``buddyinfo`` and the starting layout (``vmalloc_busy``, ``module_busy``,
+        ``execmem_cache``) when present; anything missing
         keeps the default.  A bad value raises :class:`TraceError` naming
         ``source`` (the trace file).
         """
@@ -135,7 +147,7 @@ class Machine:
                 kw["direct_map"] = tuple(v or 0 for v in dm)
             if meta.get("buddyinfo", "").strip():
                 kw["fragmentation"] = meta["buddyinfo"]
-            for key in ("vmalloc_busy", "module_busy"):
+            for key in ("vmalloc_busy", "module_busy", "execmem_cache"):
                 if meta.get(key):
                     kw[key] = meta[key]
             return cls(**{**kw, **overrides})
@@ -155,6 +167,14 @@ class Machine:
     def module_blocks(self) -> list[tuple[int, int]]:
         """:attr:`module_busy` parsed: ``(offset, pages)``."""
         return [tuple(int(x) for x in b.split("+")) for b in filter(None, self.module_busy.split(","))]
+
+    def execmem_chunks(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """:attr:`execmem_cache` parsed: ``(offset, pages, [(busy offset, busy pages), ...])``."""
+        out = []
+        for chunk in filter(None, self.execmem_cache.split(",")):
+            spans = [tuple(int(x) for x in b.split("+")) for b in chunk.split(":")]
+            out.append((*spans[0], spans[1:]))
+        return out
 
     @property
     def lazy_max_pages(self) -> int:

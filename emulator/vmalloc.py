@@ -287,17 +287,19 @@ class Vmalloc:
         return addr
 
     def vmalloc(self, nr_pages: int, vrange: VmapRange | None = None, flags: int = 0,
-                align: int = 1) -> vm_struct:
+                align: int = 1, addr: int | None = None) -> vm_struct:
         """``__vmalloc_node_range``: VA + guard page, pages, 4K PTEs of PAGE_KERNEL, no flush.
 
         ``VM_ALLOW_HUGE_VMAP`` with a multiple of 512 pages maps order-9
         blocks by PMD at a 2 MiB-aligned address (``vm_area_alloc_pages``).
+        ``addr``: an area of the starting state, its VA already busy (``Machine.module_busy``).
         """
         vrange = vrange or self.vmalloc_range
         huge = flags & VM_ALLOW_HUGE_VMAP and nr_pages % PMD_PAGES == 0
         if huge:
             align = PMD_PAGES
-        addr = self._alloc_va(vrange, nr_pages + 1, align)
+        if addr is None:
+            addr = self._alloc_va(vrange, nr_pages + 1, align)
         pages = self.k.pages
         if huge:
             pfns = np.concatenate([np.arange(b, b + PMD_PAGES, dtype=np.int64)

@@ -104,6 +104,7 @@ META_KEYS: tuple[str, ...] = (
     "pagetypeinfo",      # text of /proc/pagetypeinfo at start, when recorded
     "vmalloc_busy",      # vmalloc range in use at start, OFFSET+PAGES[@ID],... (importers)
     "module_busy",       # module range in use at start, OFFSET+PAGES,... (importers)
+    "execmem_cache",     # ROX cache chunks at start, OFFSET+PAGES[:BUSY+PAGES...],... (importers)
 )
 
 #: Absurd-size bound for validation: no single request is over 1 TiB.

@@ -10,7 +10,7 @@ from emulator.errors import KernelFault
 from emulator.policies.base import CACHE
 from emulator.policies.bpf_prog_pack import BpfProgPack
 from emulator.set_memory import set_memory_nx, set_memory_rox, set_memory_rw
-from emulator.vmalloc import VM_ALLOW_HUGE_VMAP, vm_struct
+from emulator.vmalloc import MODULES_VADDR, VM_ALLOW_HUGE_VMAP, vm_struct
 
 PMD_PAGES = 512
 
@@ -58,6 +58,8 @@ class ExecmemRox(BpfProgPack):
         self.cache_ends: list[int] = []
         self.chunks: dict[int, vm_struct] = {}  # chunk addr -> area
         self.busy: dict[int, execmem_text] = {}
+        for offset, nr_pages, busy in k.machine.execmem_chunks():
+            self._start_chunk(MODULES_VADDR + offset, nr_pages, busy)
 
     # -- mm/execmem.c -------------------------------------------------------------
 
@@ -100,6 +102,22 @@ class ExecmemRox(BpfProgPack):
         set_memory_rox(k, chunk, 0, size)
         self.chunks[chunk.addr] = chunk
         self._cache_add(chunk.addr, chunk.addr + size)
+
+    def _start_chunk(self, addr: int, nr_pages: int, busy: list[tuple[int, int]]) -> None:
+        """A chunk the kernel populated before the replay began (``Machine.execmem_cache``), as
+        :meth:`execmem_cache_populate` leaves it, its ``busy`` ``(offset, pages)`` holding text.
+        Not counted: the boot did that work."""
+        k = self.k
+        chunk = k.vm.vmalloc(nr_pages, k.vm.module_range, VM_ALLOW_HUGE_VMAP, addr=addr)
+        stat, k.stat = k.stat, dict.fromkeys(k.stat, 0)
+        set_memory_rox(k, chunk, 0, nr_pages)
+        k.stat = stat
+        self.chunks[addr] = chunk
+        pos = addr
+        for off, n in [*busy, (nr_pages, 0)]:
+            if addr + off > pos:
+                self._cache_add(pos, addr + off)
+            pos = addr + off + n
 
     def _chunk_of(self, addr: int) -> vm_struct:
         for base, chunk in self.chunks.items():

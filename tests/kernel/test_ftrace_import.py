@@ -701,6 +701,30 @@ def test_module_range_layout_before_tracing_becomes_module_busy(tmp_path):
     assert summary.metadata["module_busy"] == "0+514"
 
 
+def test_rox_cache_chunk_from_before_tracing_becomes_execmem_cache(tmp_path):
+    # GIVEN a 7.2 load whose text (4 pages) comes from the ROX cache at 2 MiB + 4 KiB into the
+    # module range, in no traced area, and whose data gets an area of its own
+    i = "insmod-5 [000] ..... "
+    data = 0xffffffffc0002000
+    lines = [f"{i}1.00: module_alloc: (execmem_alloc+0x4/0x220) type=0 size=16384",
+             f"{i}1.01: module_alloc_ret: (execmem_alloc_rw+0x13/0x60 <- execmem_alloc) ret=0xffffffffc0201000",
+             f"{i}1.10: module_alloc: (execmem_alloc+0x4/0x220) type=4 size=4096",
+             f"{i}1.11: alloc_va: (alloc_vmap_area+0x0/0xde0) size=8192 align=4096 {EXEC}",
+             f"{i}1.12: alloc_va_ret: (x <- alloc_vmap_area) va_start={data:#x} va_end={data + 8192:#x}",
+             f"{i}1.13: module_alloc_ret: (execmem_alloc_rw+0x13/0x60 <- execmem_alloc) ret={data:#x}",
+             f"{i}2.0: module_load: m"]
+    # WHEN imported THEN that text's chunk was in the cache at the start, its first page in use
+    summary, _, _ = run(tmp_path, lines)
+    assert summary.metadata["execmem_cache"] == "512+512:0+1"
+
+
+def test_text_with_an_area_of_its_own_is_no_cache_chunk(tmp_path):
+    # GIVEN a 6.12 load: every section, text included, is an area of its own
+    summary, _, _ = run(tmp_path, execmem_module_case())
+    # WHEN imported THEN there is no ROX cache to start from
+    assert "execmem_cache" not in summary.metadata
+
+
 def test_free_va_kprobe_sizes_the_free_tracepoint(tmp_path):
     # GIVEN a guest tracing both (7.2): a free of an area allocated before tracing, which only the
     # free_va kprobe sizes

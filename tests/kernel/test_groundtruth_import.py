@@ -121,11 +121,11 @@ CHECKS = [
         "freed pack's whole 2 MiB block for 5 of its 20 new packs, while the model's order-0 allocations "
         "carve freed blocks first (its per-CPU lists lack 6.7+ auto-tuning, which holds them there)")),
     pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
-        "sync_core exact; flush_tlb_all 987 vs 952, flush_tlb_kernel_range 45 vs 58 (load 26 vs 31, unload "
+        "sync_core exact; flush_tlb_all 987 vs 967, flush_tlb_kernel_range 45 vs 58 (load 26 vs 31, unload "
         "6 vs 13: purges full in the kernel, ranged here), vmap_purges 263 vs 257: the VA layout differs from "
         "the first stack on, because 6.9+ vmalloc reuses freed VA from per-CPU-node size pools "
-        "(node_alloc, decay_va_pool_node) whose content at the start the trace does not show; the ROX "
-        "cache's chunks at the start are unknown, so text lands in other chunks; L2 splits 20 vs 13..17")),
+        "(node_alloc, decay_va_pool_node) filled by a purge of 42 areas before tracing, whose addresses "
+        "the log does not hold; L2 splits 20 vs 13..17")),
 ]
 
 

@@ -392,6 +392,8 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
         meta["vmalloc_busy"] = busy
     if busy := conv.module_busy():
         meta["module_busy"] = busy
+    if cache := conv.execmem_cache():
+        meta["execmem_cache"] = cache
     summary.metadata = meta
     out = Path(out)
     summary.trace = write_trace(out, trace, meta)

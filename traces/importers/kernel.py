@@ -83,6 +83,8 @@ ULONG_MAX = (1 << 64) - 1
 EXEC_RANGE_START = 0xFFFFFFFF80000000
 #: ``MODULES_VADDR`` of a KASLR kernel (``__START_KERNEL_map`` + 1 GiB ``KERNEL_IMAGE_SIZE``).
 MODULES_VADDR = 0xFFFFFFFFC0000000
+#: An execmem ROX cache chunk: ``PMD_SIZE``, aligned (``execmem_cache_populate``).
+PMD_SIZE = 2 << 20
 #: ``bpf_prog_pack`` areas: ``BPF_PROG_PACK_SIZE`` (2 MiB) + guard page.
 BPF_PACK_AREA = 2 * 1024 * 1024 + PAGE_SIZE
 #: A BPF load whose exec area has not shown up within this much trace time
@@ -161,6 +163,7 @@ class KernelEventConverter:
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
         self._exec_spans: list[tuple[int, int]] = []  # [va, va + size) of every traced exec-range area
         self._pre_areas: list[tuple[int, int, int]] = []   # (va, pages, id): allocated before tracing
+        self._texts: list[tuple[int, int]] = []    # [addr, addr + size) of every module text (6.4+)
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -600,6 +603,8 @@ class KernelEventConverter:
         if entry is None or not addr:
             return False
         self._windows.setdefault(pid, _Window()).execmem.append((entry[0], addr, entry[1]))
+        if entry[0] == EXECMEM_MODULE_TEXT:
+            self._texts.append((addr, addr + entry[1]))
         return True
 
     def execmem_free(self, ts: int, cpu: int, pid: int, comm: str, addr: int) -> bool:
@@ -930,6 +935,26 @@ class KernelEventConverter:
             return ""
         gaps = _gaps(self._exec_spans, MODULES_VADDR)
         return ",".join(f"{(s - MODULES_VADDR) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}" for s, e in gaps)
+
+    def execmem_cache(self) -> str:
+        """The execmem ROX cache's chunks when tracing began, for ``Machine.execmem_cache``.
+
+        Text carved from the cache (7.2) has no vmap area of its own, so a
+        text in no traced area lies in a chunk populated before tracing: 2
+        MiB, aligned (``execmem_cache_populate``).  Pages of such a chunk
+        below its highest traced text that no traced text covered were busy
+        (text of the boot); the rest was free.  As ``OFFSET+512:BUSY+PAGES...``
+        in pages, the chunk from ``MODULES_VADDR``, its busy ranges from the
+        chunk.  Simplification: text allocated before tracing and freed
+        during it stays busy.
+        """
+        chunks: dict[int, list[tuple[int, int]]] = {}
+        for start, end in self._texts:
+            if not any(s <= start and end <= e for s, e in self._exec_spans):
+                chunks.setdefault(start & -PMD_SIZE, []).append((start, end))
+        return ",".join(f"{(base - MODULES_VADDR) // PAGE_SIZE}+{PMD_SIZE // PAGE_SIZE}"
+                        + "".join(f":{(s - base) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}" for s, e in _gaps(texts, base))
+                        for base, texts in sorted(chunks.items()))
 
     def add_warmup(self, prog: BpfProg) -> None:
         """One more program alive at the start (before ``finish``)."""
