@@ -50,6 +50,11 @@ def _kb(text: str | None) -> int | None:
     return int(m.group(1))
 
 
+def _spans(text: str, sep: str) -> list[tuple[int, int]]:
+    """``OFFSET+PAGES`` items separated by ``sep``, parsed."""
+    return [tuple(int(x) for x in b.split("+")) for b in filter(None, text.split(sep))]
+
+
 @dataclass(frozen=True)
 class Machine:
     """An x86-64 machine (4-level paging), as a kernel would see it at boot.
@@ -166,15 +171,12 @@ class Machine:
 
     def module_blocks(self) -> list[tuple[int, int]]:
         """:attr:`module_busy` parsed: ``(offset, pages)``."""
-        return [tuple(int(x) for x in b.split("+")) for b in filter(None, self.module_busy.split(","))]
+        return _spans(self.module_busy, ",")
 
     def execmem_chunks(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
         """:attr:`execmem_cache` parsed: ``(offset, pages, [(busy offset, busy pages), ...])``."""
-        out = []
-        for chunk in filter(None, self.execmem_cache.split(",")):
-            spans = [tuple(int(x) for x in b.split("+")) for b in chunk.split(":")]
-            out.append((*spans[0], spans[1:]))
-        return out
+        chunks = (_spans(c, ":") for c in filter(None, self.execmem_cache.split(",")))
+        return [(*spans[0], spans[1:]) for spans in chunks]
 
     @property
     def lazy_max_pages(self) -> int:

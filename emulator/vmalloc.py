@@ -47,6 +47,19 @@ CHUNK = 16
 NO_LAZY = (MODULES_END, 0)
 
 
+def free_blocks(start: int, end: int, busy) -> list[tuple[int, int]]:
+    """The ``[s, e)`` stretches of ``[start, end)`` outside the ``(offset, pages)`` ``busy`` blocks
+    (offsets from ``start``): a starting state's free space."""
+    free, pos = [], start
+    for off, n in sorted(busy):
+        if start + off > pos:
+            free.append((pos, start + off))
+        pos = max(pos, start + off + n)
+    if end > pos:
+        free.append((pos, end))
+    return free
+
+
 class VmFault(KernelFault):
     """An emulated allocation failed (no VA or memory left)."""
 
@@ -68,13 +81,8 @@ class VmapRange:
         """``busy``: ``(offset, pages)`` blocks from ``start`` allocated before the replay began."""
         self.name, self.start, self.end = name, start, end
         self.lazy: list[tuple[int, int]] = []      # freed, not yet purged (vmap_purge_list)
-        starts, ends, pos = [], [], start
-        for off, n in sorted(busy):
-            if start + off > pos:
-                starts.append(pos)
-                ends.append(start + off)
-            pos = max(pos, start + off + n)
-        self._set(starts + [pos], ends + [end])
+        free = free_blocks(start, end, busy)
+        self._set([s for s, _ in free], [e for _, e in free])
         self._whole = self.blocks()                # the free space at start: is_whole compares to it
 
     def _set(self, starts: list[int], ends: list[int]) -> None:

@@ -10,7 +10,7 @@ from emulator.errors import KernelFault
 from emulator.policies.base import CACHE
 from emulator.policies.bpf_prog_pack import BpfProgPack
 from emulator.set_memory import set_memory_nx, set_memory_rox, set_memory_rw
-from emulator.vmalloc import MODULES_VADDR, VM_ALLOW_HUGE_VMAP, vm_struct
+from emulator.vmalloc import MODULES_VADDR, VM_ALLOW_HUGE_VMAP, free_blocks, vm_struct
 
 PMD_PAGES = 512
 
@@ -113,11 +113,8 @@ class ExecmemRox(BpfProgPack):
         set_memory_rox(k, chunk, 0, nr_pages)
         k.stat = stat
         self.chunks[addr] = chunk
-        pos = addr
-        for off, n in [*busy, (nr_pages, 0)]:
-            if addr + off > pos:
-                self._cache_add(pos, addr + off)
-            pos = addr + off + n
+        for start, end in free_blocks(addr, addr + nr_pages, busy):
+            self._cache_add(start, end)
 
     def _chunk_of(self, addr: int) -> vm_struct:
         for base, chunk in self.chunks.items():
