@@ -88,6 +88,12 @@ class Machine:
         from ``MODULES_VADDR``: boot-time modules, packs and the load-offset
         hole, so the replay's executable areas land where the kernel's did
         (replaces the ``kaslr`` offset).
+    vmap_pools
+        Areas in the 6.9+ vmap node pools at boot of the replay,
+        ``OFFSET+PAGES/CPU,...``: VA in pages from ``VMALLOC_START`` (guard
+        included) and the CPU whose node's pool holds it, each pool's head
+        last (a recorded trace's ``vmap_pools`` metadata; free VA for a
+        policy without vmap nodes).
     execmem_cache
         The execmem ROX cache's chunks at boot of the replay,
         ``OFFSET+PAGES[:BUSY+PAGES...],...``: each chunk's VA in pages from
@@ -104,6 +110,7 @@ class Machine:
     tlb_single_page_flush_ceiling: int = TLB_SINGLE_PAGE_FLUSH_CEILING
     vmalloc_busy: str = ""
     module_busy: str = ""
+    vmap_pools: str = ""
     execmem_cache: str = ""
 
     def __post_init__(self) -> None:
@@ -119,6 +126,8 @@ class Machine:
             raise PermtraceError(f"vmalloc_busy must be 'OFFSET+PAGES[@ID],...' (pages), got {self.vmalloc_busy[:40]!r}")
         if self.module_busy and not re.fullmatch(r"\d+\+\d+(,\d+\+\d+)*", self.module_busy):
             raise PermtraceError(f"module_busy must be 'OFFSET+PAGES,...' (pages), got {self.module_busy[:40]!r}")
+        if self.vmap_pools and not re.fullmatch(r"\d+\+\d+/\d+(,\d+\+\d+/\d+)*", self.vmap_pools):
+            raise PermtraceError(f"vmap_pools must be 'OFFSET+PAGES/CPU,...' (pages), got {self.vmap_pools[:40]!r}")
         if self.execmem_cache and not re.fullmatch(r"\d+\+\d+(:\d+\+\d+)*(,\d+\+\d+(:\d+\+\d+)*)*",
                                                    self.execmem_cache):
             raise PermtraceError("execmem_cache must be 'OFFSET+PAGES[:BUSY+PAGES...],...' (pages), "
@@ -132,7 +141,7 @@ class Machine:
         """A machine from a trace's ``permtrace.*`` metadata (prefix stripped); overrides win.
 
         Uses ``nr_cpus``, ``mem_total_bytes``, ``DirectMap4k/2M/1G``,
-        ``buddyinfo`` and the starting layout (``vmalloc_busy``, ``module_busy``,
+        ``buddyinfo`` and the starting layout (``vmalloc_busy``, ``module_busy``, ``vmap_pools``,
         ``execmem_cache``) when present; anything missing
         keeps the default.  A bad value raises :class:`TraceError` naming
         ``source`` (the trace file).
@@ -152,7 +161,7 @@ class Machine:
                 kw["direct_map"] = tuple(v or 0 for v in dm)
             if meta.get("buddyinfo", "").strip():
                 kw["fragmentation"] = meta["buddyinfo"]
-            for key in ("vmalloc_busy", "module_busy", "execmem_cache"):
+            for key in ("vmalloc_busy", "module_busy", "vmap_pools", "execmem_cache"):
                 if meta.get(key):
                     kw[key] = meta[key]
             return cls(**{**kw, **overrides})
@@ -177,6 +186,11 @@ class Machine:
         """:attr:`execmem_cache` parsed: ``(offset, pages, [(busy offset, busy pages), ...])``."""
         chunks = (_spans(c, ":") for c in filter(None, self.execmem_cache.split(",")))
         return [(*spans[0], spans[1:]) for spans in chunks]
+
+    def vmap_pool_blocks(self) -> list[tuple[int, int, int]]:
+        """:attr:`vmap_pools` parsed: ``(offset, pages, cpu)``."""
+        return [(int(off), int(n), int(cpu)) for off, n, cpu in
+                (re.split(r"[+/]", b) for b in filter(None, self.vmap_pools.split(",")))]
 
     @property
     def lazy_max_pages(self) -> int:
@@ -243,7 +257,8 @@ class Kernel:
         self.dm = DirectMap(self.pages.nr_regions, machine.direct_map)
         offset = int(self.rng.integers(1, 1025)) if machine.kaslr else 0
         self.vm = Vmalloc(self, machine.lazy_max_pages, module_offset=0 if machine.module_busy else offset,
-                          busy=machine.vmalloc_blocks(), module_busy=machine.module_blocks())
+                          busy=machine.vmalloc_blocks(), module_busy=machine.module_blocks(),
+                          pools=machine.vmap_pool_blocks())
 
     def defer(self, work) -> None:
         """For an event running concurrently with an op (``deferred`` set): run ``work()`` once that

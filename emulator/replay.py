@@ -211,6 +211,8 @@ def _replay(trace, policy: Policy, machine: Machine, seed: int, timeline_points:
         sizes = cols["size"].tolist()
         tss = cols["ts_ns"].tolist()
         row0 = int(cols["row"][0])
+        if k.vm.nodes:                      # vmap nodes pick the pool by the event's CPU
+            k.vm.batch_cpu, k.vm.batch_row0 = cols["cpu"].tolist(), row0
         if t_first is None:
             t_first = tss[0]
         conc = cols["concurrent"]

@@ -100,7 +100,7 @@ def change_page_attr_set_clr(k, area: vm_struct, first: int, n: int, mask_set: i
     """Change pages ``[first, first + n)`` of ``area``; returns True if any PTE changed."""
     vm = k.vm                               # vm_unmap_aliases(), inlined: this is the hottest CPA line
     k.stat["emu_vm_unmap_aliases"] += 1
-    if vm.lazy_nr:
+    if vm.lazy_nr or vm.nodes:             # 6.9+: every purge also decays the vmap node pools
         vm._purge()
     if n <= 0 or not (mask_set | mask_clr):
         if k.concurrent is not None:

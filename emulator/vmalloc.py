@@ -45,6 +45,9 @@ THREAD_ALIGN_PAGES = THREAD_ALIGN >> 12
 CHUNK = 16
 #: ``(lazy_lo, lazy_hi)`` with nothing queued: any queued VA lowers the first and raises the second.
 NO_LAZY = (MODULES_END, 0)
+#: ``MAX_VA_SIZE_PAGES`` (6.9+): purged vmalloc areas up to this size, guard page included, go to
+#: their node's pool of that size instead of back to the free tree.
+MAX_VA_SIZE_PAGES = 256
 
 
 def free_blocks(start: int, end: int, busy) -> list[tuple[int, int]]:
@@ -145,7 +148,15 @@ class VmapRange:
         return None
 
     def _alloc_aligned(self, n: int, align: int) -> int | None:
-        """:meth:`alloc` with ``align`` > 1: the aligned start may cut the block in two."""
+        """:meth:`alloc` with ``align`` > 1: the aligned start may cut the block in two.
+
+        Simplification: the lowest block that fits.  ``find_vmap_lowest_match``
+        (``adjust_search_size``) prunes subtrees whose largest block is under
+        ``size + align - 1`` bytes, so it may pass a smaller block that fits,
+        depending on the rb-tree's shape; modelling that pruning alone, without
+        the starting pools' exact content, put 6.12's stacks further from the
+        kernel's (check-model, 6.12 modules).
+        """
         for c in range(len(self.cmax)):
             if self.cmax[c] < n:
                 continue
@@ -237,9 +248,25 @@ class VmapRange:
         self.cmax[c:c + 1] = [max(map(sub, en[:h], st[:h])), max(map(sub, en[h:], st[h:]))]
         self.cfirst[c:c + 1] = [self.cfirst[c], st[h]]
 
-    def is_whole(self) -> bool:
-        """True when the free space is what it was at start (everything since freed and purged)."""
-        return self.blocks() == self._whole
+    def reserve(self, blocks: list[tuple[int, int]]) -> None:
+        """Take ``[start, end)`` blocks out of the free space: VA the starting state holds."""
+        starts, ends = [], []
+        for s, e in zip(*self._sorted_blocks()):
+            for bs, be in sorted(blocks):
+                if bs < e and s < be:
+                    if bs > s:
+                        starts.append(s)
+                        ends.append(bs)
+                    s = max(s, be)
+            if e > s:
+                starts.append(s)
+                ends.append(e)
+        self._set(starts, ends)
+
+    def is_whole(self, extra: list[tuple[int, int]] = ()) -> bool:
+        """True when the free space (with ``extra`` blocks) is what it was at start (everything
+        since freed and purged)."""
+        return self._sorted_blocks(extra) == self._whole
 
 
 class vm_struct:  # noqa: N801 - the kernel's name
@@ -263,9 +290,11 @@ class Vmalloc:
     """The vmap areas of one kernel: the vmalloc range, the module range and the lazy-free list."""
 
     def __init__(self, k, lazy_max_pages: int, module_offset: int = 0,
-                 busy: list[tuple[int, int, int | None]] = (), module_busy: list[tuple[int, int]] = ()) -> None:
+                 busy: list[tuple[int, int, int | None]] = (), module_busy: list[tuple[int, int]] = (),
+                 pools: list[tuple[int, int, int]] = ()) -> None:
         """``busy``: ``(offset, pages, id)`` of the vmalloc range in use at start (``Machine.vmalloc_busy``);
-        ``module_busy``: ``(offset, pages)`` of the module range (``Machine.module_busy``).
+        ``module_busy``: ``(offset, pages)`` of the module range (``Machine.module_busy``);
+        ``pools``: ``(offset, pages, cpu)`` in vmap node pools at start (``Machine.vmap_pools``).
 
         Blocks beyond the emulated range (4-level paging's 32 TiB; a 5-level
         host's is larger) are dropped: nothing is ever placed there."""
@@ -278,17 +307,63 @@ class Vmalloc:
                                       [b for b in module_busy if b[0] + b[1] <= MODULES_END - MODULES_VADDR])
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued
-        self.plain: dict[int, tuple[int, int, list[int]]] = {}   # trace id -> plain area (see run)
+        self.plain: dict[int, tuple] = {}   # trace id -> plain area (addr, n, pfns[, node]) (see run)
+        #: 6.9+ vmap nodes (``nr_vmap_nodes``; 0: none, the global free tree only) and their pools:
+        #: (node, pages with guard) -> pooled area starts, the head last (``node_pool_add_va``);
+        #: no empty pool is kept, so a decay visits only pools that hold something
+        self.nodes = 0
+        self.pools: dict[tuple[int, int], list[int]] = {}
+        self.big: set[tuple[int, int]] = set()  # the pools of 4 or more: those a decay shrinks
+        self.lazy_node: list[int | None] = []   # the node of each vmalloc-range lazy entry (with nodes)
+        self.batch_cpu: list[int] = []          # CPU of each event of the replay's batch, from batch_row0
+        self.batch_row0 = 0
+        self.start_pools = pools
         #: trace id -> (addr, pages with guard) of an area allocated before the replay began: its
         #: vmalloc in the trace takes that VA (busy since boot) instead of a first fit
         self.at_start = {id: (VMALLOC_START + off, n) for off, n, id in busy if id is not None}
+
+    def use_vmap_nodes(self, nr: int, decay_small_pools: bool = False) -> None:
+        """6.9+ ``vmap_init_nodes``: ``nr`` nodes (``num_possible_cpus()``, at most 128), each with
+        size pools of purged VA that its CPUs' vmallocs take first (``node_alloc``)."""
+        self.nodes = min(nr, 128) if nr > 1 else 0
+        self.decay_small_pools = decay_small_pools
+        self.pools = {}
+        if self.nodes and self.start_pools:
+            for off, n, cpu in self.start_pools:
+                self.pools.setdefault((cpu % self.nodes, n), []).append(VMALLOC_START + off)
+            for key, pool in self.pools.items():
+                pool.sort()                     # one purge's areas: the highest at the head
+                if len(pool) >= 4:
+                    self.big.add(key)
+            self.vmalloc_range.reserve([(VMALLOC_START + off, VMALLOC_START + off + n)
+                                        for off, n, _ in self.start_pools])
+
+    def _node(self, row: int | None) -> int:
+        """``raw_smp_processor_id() % nr_vmap_nodes`` of the event at trace ``row``."""
+        i = -1 if row is None else row - self.batch_row0
+        return self.batch_cpu[i] % self.nodes if 0 <= i < len(self.batch_cpu) else 0
+
+    def _pool_take(self, node: int, n: int, align: int) -> int | None:
+        """``node_pool_del_va``: the pool head of ``n`` pages if aligned; a misaligned head goes to
+        the tail (no scan of the pool)."""
+        pool = self.pools.get((node, n))
+        if pool is None:
+            return None
+        if pool[-1] % align:
+            pool.insert(0, pool.pop())
+            return None
+        if len(pool) <= 4:
+            self.big.discard((node, n))
+            if len(pool) == 1:
+                del self.pools[node, n]
+        return pool.pop()
 
     # -- allocation -------------------------------------------------------------
 
     def _alloc_va(self, vrange: VmapRange, n: int, align: int) -> int:
         addr = vrange.alloc(n, align)
-        if addr is None:  # alloc_vmap_area: purge once and retry
-            self.purge_vmap_area_lazy()
+        if addr is None:  # alloc_vmap_area: reclaim_and_purge_vmap_areas once and retry
+            self._purge(full_decay=True)
             addr = vrange.alloc(n, align)
             if addr is None:
                 raise VmFault(f"out of {vrange.name} address space ({n} pages requested)")
@@ -346,6 +421,7 @@ class Vmalloc:
         lazy = vrange.lazy
         lazy_max = self.lazy_max_pages
         at_start = self.at_start
+        nodes = self.nodes
         i = -1
         try:
             for i, op, id, size, ts in events:
@@ -353,25 +429,33 @@ class Vmalloc:
                     if id in live:
                         raise KernelFault(f"vmalloc id {id} is already live")
                     n = (size + 4095) >> 12 or 1
+                    if nodes:
+                        node = self._node(i)
                     if at_start and id in at_start:
                         addr = self._take_at_start(id, n + 1)
                     else:
-                        addr = alloc(n + 1) if op == VMALLOC else alloc(n + 1, THREAD_ALIGN_PAGES)
+                        addr = None
+                        if nodes and n < MAX_VA_SIZE_PAGES:         # node_alloc
+                            addr = self._pool_take(node, n + 1, 1 if op == VMALLOC else THREAD_ALIGN_PAGES)
+                        if addr is None:
+                            addr = alloc(n + 1) if op == VMALLOC else alloc(n + 1, THREAD_ALIGN_PAGES)
                         if addr is None:
                             k.stat = stat_vmalloc
                             addr = self._alloc_va(vrange, n + 1, 1 if op == VMALLOC else THREAD_ALIGN_PAGES)
-                    live[id] = (addr, n, alloc_pages(n))
+                    live[id] = (addr, n, alloc_pages(n), node) if nodes else (addr, n, alloc_pages(n))
                 elif op == VFREE:
                     area = live.pop(id, None)
                     if area is None:
                         raise KernelFault(f"free of unknown vmalloc id {id} (never allocated or already freed)")
-                    start, n, pfns = area
+                    start, n, pfns = area[:3]
                     end = start + n + 1
                     if start < self.lazy_lo:
                         self.lazy_lo = start
                     if end > self.lazy_hi:
                         self.lazy_hi = end
                     lazy.append((start, end))
+                    if nodes:
+                        self.lazy_node.append(area[3])
                     nr = self.lazy_nr = self.lazy_nr + n + 1
                     if nr > lazy_max:
                         k.stat = stat_vfree
@@ -425,6 +509,8 @@ class Vmalloc:
         if end > self.lazy_hi:
             self.lazy_hi = end
         vrange.lazy.append((start, end))
+        if self.nodes and vrange is self.vmalloc_range:
+            self.lazy_node.append(None)         # not a node_alloc area: back to the free tree
         nr = self.lazy_nr = self.lazy_nr + end - start
         if nr > self.lazy_max_pages:
             self._purge()
@@ -452,8 +538,16 @@ class Vmalloc:
 
     # -- purge ------------------------------------------------------------------
 
-    def _purge(self, start: int | None = None, end: int | None = None) -> bool:
-        """``__purge_vmap_area_lazy(start, end)``: one flush over all queued VAs, if any."""
+    def _purge(self, start: int | None = None, end: int | None = None, full_decay: bool = False) -> bool:
+        """``__purge_vmap_area_lazy(start, end)``: one flush over all queued VAs, if any.
+
+        With vmap nodes (6.9+) every call first gives ~25% of each pool back
+        to the free tree, its most recent areas (``decay_va_pool_node``; all
+        of them on ``full_decay``), and purged vmalloc-range areas of up to
+        ``MAX_VA_SIZE_PAGES`` go to their node's pool (``purge_vmap_node``).
+        """
+        if self.nodes:
+            self._decay_pools(full_decay)
         if not self.lazy_nr:
             return False
         lo, hi = self.lazy_lo, self.lazy_hi
@@ -462,13 +556,51 @@ class Vmalloc:
         k = self.k
         k.stat["emu_vmap_purges"] += 1
         flush_tlb_kernel_range(k, lo, hi)
+        if self.nodes and not full_decay:
+            self._populate_pools()
         for vr in (self.vmalloc_range, self.module_range):
             if vr.lazy:
                 vr.release(vr.lazy)
                 vr.lazy.clear()             # in place: Vmalloc.run holds the list
+        self.lazy_node.clear()
         self.lazy_nr = 0
         self.lazy_lo, self.lazy_hi = NO_LAZY
         return True
+
+    def _decay_pools(self, full: bool) -> None:
+        """``decay_va_pool_node`` on every node: each pool gives ``len >> 2`` areas from its head
+        back to the free tree (all of them on ``full``).  Before Baoquan He's rework of it (posted
+        April 2025, "optimize code in decay_va_pool_node() a little bit"), ``--n_decay`` wrapped
+        for a pool of under 4 areas and gave it back whole (:attr:`decay_small_pools`)."""
+        released = []
+        pools = self.pools
+        for key in list(pools if full or self.decay_small_pools else self.big):
+            pool = pools[key]
+            d = len(pool) if full else len(pool) >> 2 or len(pool)
+            released += [(a, a + key[1]) for a in pool[-d:]]
+            if d == len(pool):
+                del pools[key]
+            else:
+                del pool[-d:]
+            if len(pool) < 4 or key not in pools:
+                self.big.discard(key)
+        if released:
+            self.vmalloc_range.release(released)
+
+    def _populate_pools(self) -> None:
+        """The purged vmalloc-range areas a node allocated, up to ``MAX_VA_SIZE_PAGES``, to its pool;
+        the others stay on the lazy list, back to the free tree."""
+        vr = self.vmalloc_range
+        back = []
+        for (s, e), node in sorted(zip(vr.lazy, self.lazy_node)):   # the lazy list is by address
+            if node is not None and e - s <= MAX_VA_SIZE_PAGES:
+                pool = self.pools.setdefault((node, e - s), [])
+                pool.append(s)
+                if len(pool) == 4:
+                    self.big.add((node, e - s))
+            else:
+                back.append((s, e))
+        vr.lazy[:] = back
 
     def purge_vmap_area_lazy(self) -> bool:
         return self._purge()
@@ -476,9 +608,10 @@ class Vmalloc:
     def vm_unmap_aliases(self) -> bool:
         """``vm_unmap_aliases``: a purge, 0 or 1 flush (per-CPU vmap blocks not modelled)."""
         self.k.stat["emu_vm_unmap_aliases"] += 1
-        return self.lazy_nr != 0 and self._purge()
+        return (self.lazy_nr != 0 or self.nodes != 0) and self._purge()
 
     def is_whole(self) -> bool:
-        """True when no VA is allocated or queued in either range."""
-        return not self.lazy_nr and self.vmalloc_range.is_whole() and self.module_range.is_whole()
+        """True when no VA is allocated or queued in either range (pooled VA is free)."""
+        pooled = [(a, a + n) for (_, n), pool in self.pools.items() for a in pool]
+        return not self.lazy_nr and self.vmalloc_range.is_whole(pooled) and self.module_range.is_whole()
 

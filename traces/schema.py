@@ -104,6 +104,7 @@ META_KEYS: tuple[str, ...] = (
     "pagetypeinfo",      # text of /proc/pagetypeinfo at start, when recorded
     "vmalloc_busy",      # vmalloc range in use at start, OFFSET+PAGES[@ID],... (importers)
     "module_busy",       # module range in use at start, OFFSET+PAGES,... (importers)
+    "vmap_pools",        # 6.9+ vmap node pools' areas at start, OFFSET+PAGES/CPU,... (importers)
     "execmem_cache",     # ROX cache chunks at start, OFFSET+PAGES[:BUSY+PAGES...],... (importers)
 )
 

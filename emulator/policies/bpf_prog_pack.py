@@ -53,16 +53,24 @@ class BpfProgPack(Policy):
     #: rodata read-only again before ro_after_init (traced on 6.12); 6.14+
     #: ``module_enable_rodata_ro_after_init`` does ro_after_init only (traced on 7.2).
     after_init_rodata: bool = True
+    #: 6.9+ vmalloc: one vmap node per possible CPU, each with pools of purged VA by size that its
+    #: CPUs' vmallocs take first (mm/vmalloc.c ``node_alloc``, ``decay_va_pool_node``).
+    vmap_nodes: bool = False
+    #: ``decay_va_pool_node`` as 6.9 wrote it: a pool of fewer than 4 areas decays whole (``len >> 2``
+    #: is 0 and the loop's ``--n_decay`` wraps); reworked in 2025 to keep it (6.18, 7.2).
+    decay_small_pools: bool = True
 
     PRESETS = {
         "linux-6.1": {},
-        "linux-6.12": {"mod_mem_areas": True, "native_rox": True, "cpa_flush_full": True},
+        "linux-6.12": {"mod_mem_areas": True, "native_rox": True, "cpa_flush_full": True, "vmap_nodes": True},
     }
 
     def attach(self, k) -> None:
         super().attach(k)
         k.cpa_alias_nx_kludge = not self.native_rox
         k.cpa_flush_full = self.cpa_flush_full
+        if self.vmap_nodes:
+            k.vm.use_vmap_nodes(k.nr_cpus, self.decay_small_pools)
         self.packs: list[bpf_prog_pack] = []
 
     def make_rox(self, area, first: int, n: int) -> None:

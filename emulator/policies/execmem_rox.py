@@ -46,6 +46,8 @@ class ExecmemRox(BpfProgPack):
     #: high-order blocks first ("mm/vmalloc: request large order pages from buddy
     #: allocator"); measured on 7.2: every 2 MiB pack is one aligned pageblock.
     vmalloc_large_order: bool = False
+    vmap_nodes: bool = True
+    decay_small_pools: bool = False
 
     PRESETS = {"linux-6.18": {}, "linux-7.2": {"vmalloc_large_order": True}}
 
@@ -110,8 +112,9 @@ class ExecmemRox(BpfProgPack):
         k = self.k
         chunk = k.vm.vmalloc(nr_pages, k.vm.module_range, VM_ALLOW_HUGE_VMAP, addr=addr)
         stat, k.stat = k.stat, dict.fromkeys(k.stat, 0)
+        nodes, k.vm.nodes = k.vm.nodes, 0       # at boot the vmap node pools were empty: no decay
         set_memory_rox(k, chunk, 0, nr_pages)
-        k.stat = stat
+        k.stat, k.vm.nodes = stat, nodes
         self.chunks[addr] = chunk
         for start, end in free_blocks(addr, addr + nr_pages, busy):
             self._cache_add(start, end)

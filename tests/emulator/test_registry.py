@@ -18,7 +18,8 @@ def test_builtins_and_aliases_are_registered_with_their_presets():
     base = {name: infos[name].base for name in ("linux-5.10", "linux-6.1", "linux-6.12", "linux-6.18", "linux-7.2")}
     assert base == {"linux-5.10": "legacy", "linux-6.1": "bpf_prog_pack", "linux-6.12": "bpf_prog_pack",
                     "linux-6.18": "execmem_rox", "linux-7.2": "execmem_rox"}
-    assert infos["linux-6.12"].preset == {"mod_mem_areas": True, "native_rox": True, "cpa_flush_full": True}
+    assert infos["linux-6.12"].preset == {"mod_mem_areas": True, "native_rox": True, "cpa_flush_full": True,
+                                          "vmap_nodes": True}
     pa = infos["perm_alloc"].params
     assert pa == {"unmapped_cache": (bool, True), "text_poke_load": (bool, True),
                   "cache_mappings": (bool, False), "module_2m_mappings": (bool, False)}

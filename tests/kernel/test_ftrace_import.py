@@ -759,3 +759,23 @@ def test_a_free_the_loads_first_purge_swept_comes_before_the_load(tmp_path):
     assert trace.select("op", "concurrent").rows() == [("vmalloc", 0), ("vfree", 0), ("module_load", 0)]
     assert trace["ts_ns"].to_list()[1:] == [5_000_015_000, 5_000_015_000]
     assert by_op(obs)[("vmap_purge", "module_load")] == 1
+
+
+def test_first_uses_of_va_the_setup_purge_swept_become_vmap_pools(tmp_path):
+    # GIVEN a 7.2 log whose tracer setup purged [0x400, 0x420) pages of vmalloc VA (its areas went
+    # to the vmap node pools), then stacks taken there: on CPU 1 at 0x410 and 0x408 (a pool gives
+    # its highest first), at 0x418 (above: the free tree's), on CPU 0 at 0x400, and one past the range
+    def stack(t: float, cpu: int, va: int) -> list[str]:
+        p = f"init-{int(t * 10)} [{cpu:03d}] ..... "
+        return [f"{p}{t}: alloc_va: (alloc_vmap_area+0x0/0xde0) size=20480 align=16384 {VMAL}",
+                f"{p}{t + 0.01:.2f}: alloc_va_ret: (x <- alloc_vmap_area) va_start={va:#x} va_end={va + 0x5000:#x}"]
+    base = 0xffffc90000000000
+    lines = ["GT enabled: vmalloc:purge_vmap_area_lazy gt:alloc_va gt:alloc_va_ret",
+             f"init-1 [001] ..... 1.0: purge_vmap_area_lazy: start={base + 0x400000:#x} "
+             f"end={base + 0x420000:#x} num_purged=4",
+             "init-1 [000] ..... 2.0: tracing_mark_write: GT start",
+             *stack(3.0, 1, base + 0x410000), *stack(3.1, 1, base + 0x408000), *stack(3.2, 1, base + 0x418000),
+             *stack(3.3, 0, base + 0x400000), *stack(3.4, 0, base + 0x420000)]
+    # WHEN imported THEN the pools held the first three of CPU 1's node and CPU 0's, in pages, guard included
+    summary, _, _ = run(tmp_path, lines)
+    assert summary.metadata["vmap_pools"] == "1040+5/1,1032+5/1,1024+5/0"

@@ -120,12 +120,15 @@ CHECKS = [
         "flushes, purges and sync_core exact; only L2 splits above the range (15 vs 18..20): 7.2 reused a "
         "freed pack's whole 2 MiB block for 5 of its 20 new packs, while the model's order-0 allocations "
         "carve freed blocks first (its per-CPU lists lack 6.7+ auto-tuning, which holds them there)")),
+    pytest.param("serial_510_aged_thp", "linux-5.10", id="guest-5.10-bpf-aged-thp"),
     pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
-        "sync_core exact; flush_tlb_all 987 vs 967, flush_tlb_kernel_range 45 vs 58 (load 26 vs 31, unload "
-        "6 vs 13: purges full in the kernel, ranged here), vmap_purges 263 vs 257: the VA layout differs from "
-        "the first stack on, because 6.9+ vmalloc reuses freed VA from per-CPU-node size pools "
-        "(node_alloc, decay_va_pool_node) filled by a purge of 42 areas before tracing, whose addresses "
-        "the log does not hold; L2 splits 20 vs 13..17")),
+        "sync_core exact; flush_tlb_all 987 vs 983, flush_tlb_kernel_range 45 vs 42, vmap_purges 263 vs "
+        "257, L2 splits 20 vs 13..17: the tracer's setup purged 42 areas into the 6.9+ vmap node pools "
+        "and only those the trace takes again are known (vmap_pools); a pool of under 4 areas never "
+        "decays on 6.16+, so the unknown rest stays and shifts which areas each decay gives back")),
+    pytest.param("serial_72_mod_smp2_stack", "linux-7.2", id="guest-7.2-modules-stack", marks=_xfail(
+        "flush_tlb_kernel_range and sync_core exact, L2 splits in range; flush_tlb_all 987 vs 984, "
+        "vmap_purges 257 vs 255: the vmap node pools' unknown start, as in guest-7.2-modules")),
 ]
 
 

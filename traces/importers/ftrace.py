@@ -263,7 +263,8 @@ class FtraceParser:
             va, nr_lazy = _fields(body, "va_start", "nr_lazy")
             c.free(ts, cpu, pid, task, va, nr_lazy, va_end=self._free_end.pop((pid, va), None))
         elif ev == "purge_vmap_area_lazy":
-            c.purge(ts, pid, task, _fields(body, "num_purged")[0] > 0)
+            start, end, purged = _fields(body, "start", "end", "num_purged")
+            c.purge(ts, pid, task, purged > 0, start, end)
         elif ev == "csd_queue_cpu":
             c.csd_queue(ts, cpu, pid, task, _fields(body, "cpu")[0], _func(body, "func"))
         elif ev == "alloc_va":                             # kprobes of qemu/init.sh (6.1)
@@ -392,6 +393,8 @@ def import_ftrace(source: str | os.PathLike | Iterable[str], out: str | os.PathL
         meta["vmalloc_busy"] = busy
     if busy := conv.module_busy():
         meta["module_busy"] = busy
+    if pools := conv.vmap_pools():
+        meta["vmap_pools"] = pools
     if cache := conv.execmem_cache():
         meta["execmem_cache"] = cache
     summary.metadata = meta

@@ -81,6 +81,9 @@ ULONG_MAX = (1 << 64) - 1
 #: x86-64 ``MODULES_VADDR`` (``__START_KERNEL_map + KERNEL_IMAGE_SIZE``, no
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
 EXEC_RANGE_START = 0xFFFFFFFF80000000
+VMALLOC_START = 0xFFFFC90000000000      # 4-level, no KASLR (the QEMU guests)
+#: ``MAX_VA_SIZE_PAGES``: the largest area (pages, guard included) a 6.9+ vmap node pool keeps.
+MAX_VA_SIZE_PAGES = 256
 #: ``MODULES_VADDR`` of a KASLR kernel (``__START_KERNEL_map`` + 1 GiB ``KERNEL_IMAGE_SIZE``).
 MODULES_VADDR = 0xFFFFFFFFC0000000
 #: An execmem ROX cache chunk: ``PMD_SIZE``, aligned (``execmem_cache_populate``).
@@ -164,6 +167,9 @@ class KernelEventConverter:
         self._exec_spans: list[tuple[int, int]] = []  # [va, va + size) of every traced exec-range area
         self._pre_areas: list[tuple[int, int, int]] = []   # (va, pages, id): allocated before tracing
         self._texts: list[tuple[int, int]] = []    # [addr, addr + size) of every module text (6.4+)
+        self._pool_ranges: list[tuple[int, int]] = []   # vmalloc VA the setup's purges swept
+        self._pool_used: list[tuple[int, int]] = []     # areas allocated there since
+        self._pool_start: list[tuple[int, int, int]] = []  # (va, pages, cpu): in a vmap pool at start
         self.events: list[list] = []
         self.obs: list[tuple[int, str, int, int | None]] = []   # ts, kind, value, event_row
         self.unused: Counter = Counter()
@@ -441,6 +447,8 @@ class KernelEventConverter:
         ``THREAD_ALIGN``-aligned vmalloc is a task's stack (owner ``thread_stack``)."""
         self.advance(ts)
         self._area_pages[va] = size // PAGE_SIZE
+        if self._pool_ranges and vstart < EXEC_RANGE_START:
+            self._pool_first_use(cpu, va, size, not self.setup and self.counts(pid, comm))
         if self.setup:
             return
         if vstart < EXEC_RANGE_START:
@@ -474,6 +482,19 @@ class KernelEventConverter:
             w.areas.append((va, size))
             self._exec[va] = ("exec", self._next_exec)
         self.observe(ts, "exec_area_alloc", 1, self._sticky.get(pid))
+
+    def _pool_first_use(self, cpu: int, va: int, size: int, traced: bool) -> None:
+        """An area in VA the setup's purges swept, not used since: on 6.9+ it came from the vmap
+        node pool of its CPU (``node_alloc``), where that purge had put it (``purge_vmap_node``).
+        Its traced first use says so for the replay (:meth:`vmap_pools`); without the log of
+        the frees before tracing that is all there is to know of the pools' starting content."""
+        end = va + size
+        if not any(s <= va and end <= e for s, e in self._pool_ranges):
+            return
+        if traced and size <= MAX_VA_SIZE_PAGES * PAGE_SIZE and not any(
+                s < end and va < e for s, e in self._pool_used):
+            self._pool_start.append((va, size // PAGE_SIZE, cpu))
+        self._pool_used.append((va, end))
 
     def alloc_entry(self, pid: int, size: int, vstart: int, align: int = PAGE_SIZE) -> None:
         """kprobe ``alloc_vmap_area`` entry (the kretprobe gives the address)."""
@@ -619,14 +640,16 @@ class KernelEventConverter:
             self._init_free(ts, cpu, pid, info[1])
         return True
 
-    def purge(self, ts: int, pid: int, comm: str, flushed: bool) -> None:
-        """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush."""
+    def purge(self, ts: int, pid: int, comm: str, flushed: bool, start: int = 0, end: int = 0) -> None:
+        """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush over ``[start, end)``."""
         self.advance(ts)
         self._reset_purged(pid)
         if self.setup:
             if flushed:
                 self._setup_lazy = 0
                 self._setup_lazy_areas.clear()
+                if VMALLOC_START <= start < end <= EXEC_RANGE_START:
+                    self._pool_ranges.append((start, end))
             return
         self.observable.add("vmap_purge")
         if self.lazy_start is None:
@@ -913,13 +936,38 @@ class KernelEventConverter:
         if not self._vm_spans and not self._pre_areas:
             return ""
         pre = sorted((va, va + pages * PAGE_SIZE, id_) for va, pages, id_ in self._pre_areas)
-        base = min([s for s, _ in self._vm_spans] + [s for s, _, _ in pre]) & ~((1 << 30) - 1)
+        base = self._vm_base()
         gaps = _gaps(self._vm_spans, base)
         for s, e, _ in pre:             # an area of the start is not a gap: cut it out of them
             gaps = [piece for gs, ge in gaps
                     for piece in ((gs, min(ge, s)), (max(gs, e), ge)) if piece[1] > piece[0]]
         blocks = sorted([(s, e, "") for s, e in gaps] + [(s, e, f"@{id_}") for s, e, id_ in pre])
         return ",".join(f"{(s - base) // PAGE_SIZE}+{(e - s) // PAGE_SIZE}{tag}" for s, e, tag in blocks)
+
+    def _vm_base(self) -> int:
+        """``vmalloc_base``: the lowest traced vmalloc-range address rounded down to its 1 GiB
+        KASLR granule."""
+        return min([s for s, _ in self._vm_spans] + [va for va, _, _ in self._pre_areas]) & ~((1 << 30) - 1)
+
+    def vmap_pools(self) -> str:
+        """The 6.9+ vmap node pools' areas when tracing began, for ``Machine.vmap_pools``: each
+        as ``OFFSET+PAGES/CPU`` (pages from the base of :meth:`vmalloc_busy`, guard included;
+        the CPU whose node's pool held it).  Only those the trace took again are known.
+
+        A purge adds its areas in address order at the pool's head and an
+        allocation takes the head (``purge_vmap_node``, ``node_pool_del_va``),
+        so a pool from the setup gives its areas highest first: a first use
+        above the one before it in the same pool came from the free tree
+        (a hole, or an area the pool's decay gave back), not from the pool.
+        """
+        if not self._pool_start:
+            return ""
+        base, last, out = self._vm_base(), {}, []
+        for va, pages, cpu in self._pool_start:
+            if va < last.get((cpu, pages), 1 << 64):
+                last[(cpu, pages)] = va
+                out.append(f"{(va - base) // PAGE_SIZE}+{pages}/{cpu}")
+        return ",".join(out)
 
     def module_busy(self) -> str:
         """The module range's VA in use when tracing began, for ``Machine.module_busy``.
