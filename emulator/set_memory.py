@@ -43,6 +43,7 @@ _TABLES: list[bytes] = [bytes((b & keep) | mask_set for b in range(256))
 def _split_vmalloc_pmd(k, area: vm_struct, pmd: int) -> None:
     """``__split_large_page`` of a PMD leaf of a huge vmalloc area: own flush_tlb_all + 1 page-table page."""
     area.pmd_huge.discard(pmd)
+    k.vm.pte_tables.add(pmd)
     k.stat["emu_vmalloc_pmd_splits"] += 1
     k.waste(_PAGE_TABLES, 4096)
     flush_tlb_all(k)
@@ -86,6 +87,7 @@ def cpa_collapse_large_pages(k, area: vm_struct, first: int, n: int) -> int:
         if area.pmd_huge is None:
             area.pmd_huge = set()
         area.pmd_huge.add(pmd)
+        k.vm.pte_tables.discard(pmd)
         k.stat["emu_vmalloc_pmd_collapses"] += 1
         if area.flags & VM_ALLOW_HUGE_VMAP:  # frees the page table its split added
             k.waste(_PAGE_TABLES, -4096)

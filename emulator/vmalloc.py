@@ -307,6 +307,10 @@ class Vmalloc:
                                       [b for b in module_busy if b[0] + b[1] <= MODULES_END - MODULES_VADDR])
         self.lazy_nr = 0          # queued pages (vmap_lazy_nr)
         self.lazy_lo, self.lazy_hi = NO_LAZY   # lowest start and highest end queued
+        #: PMDs (VA page >> 9) that hold a PTE table: vunmap never frees one, so a 4K mapping leaves
+        #: it for the next huge mapping there to free (vmap_try_huge_pmd).  Simplification: only
+        #: the replay's own mappings through :meth:`vmalloc` (not plain vmallocs, not the boot's).
+        self.pte_tables: set[int] = set()
         self.plain: dict[int, tuple] = {}   # trace id -> plain area (addr, n, pfns[, node]) (see run)
         #: 6.9+ vmap nodes (``nr_vmap_nodes``; 0: none, the global free tree only) and their pools:
         #: (node, pages with guard) -> pooled area starts, the head last (``node_pool_add_va``);
@@ -392,8 +396,16 @@ class Vmalloc:
             if nr_pages > SMALL_CPA:        # numpy pays off only for large areas (DirectMap.change)
                 pfns = np.array(pfns, np.int64)
         area = vm_struct(addr, nr_pages, pfns, flags, vrange)
+        pmds = range(addr >> 9, ((addr + nr_pages - 1) >> 9) + 1)
         if huge:
-            area.pmd_huge = set(range(addr >> 9, (addr + nr_pages) >> 9))
+            area.pmd_huge = set(pmds)
+            for pmd in sorted(self.pte_tables.intersection(pmds)):
+                # vmap_try_huge_pmd -> x86 pmd_free_pte_page: the PTE table goes, after an INVLPG
+                # of one page that clears the paging-structure caches (a ranged flush)
+                self.pte_tables.discard(pmd)
+                flush_tlb_kernel_range(self.k, pmd << 9, (pmd << 9) + 1)
+        else:
+            self.pte_tables.update(pmds)
         return area
 
     def run(self, events, dispatch, stat_vmalloc: dict, stat_vfree: dict) -> None:

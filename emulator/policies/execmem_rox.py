@@ -32,9 +32,12 @@ class ExecmemRox(BpfProgPack):
     ``execmem_alloc_rw`` (``set_memory_nx`` + ``set_memory_rw``) splits the
     chunk's PMD and the direct-map alias; ``execmem_restore_rox``
     (``set_memory_rox`` with ``CPA_COLLAPSE``) re-forms the PMD.  Freed text
-    goes back RW -> INT3 -> ROX; whole free chunks are released
-    (``execmem_cache_clean``).  Data and BPF are as ``bpf_prog_pack`` with 7
-    areas and native ``set_memory_rox``.
+    goes back RW -> INT3 -> ROX; whole free chunks are released by the
+    ``execmem_cache_clean`` work that ``execmem_cache_free`` schedules
+    (simplification: the worker runs right after the op that freed the text,
+    before the next event; traced on 7.2, it ran after rmmod's own purges).
+    Data and BPF are as ``bpf_prog_pack`` with 7 areas and native
+    ``set_memory_rox``.
     """
 
     mod_mem_areas: bool = True
@@ -60,6 +63,7 @@ class ExecmemRox(BpfProgPack):
         self.cache_ends: list[int] = []
         self.chunks: dict[int, vm_struct] = {}  # chunk addr -> area
         self.busy: dict[int, execmem_text] = {}
+        self.clean_queued = False
         for offset, nr_pages, busy in k.machine.execmem_chunks():
             self._start_chunk(MODULES_VADDR + offset, nr_pages, busy)
 
@@ -152,7 +156,20 @@ class ExecmemRox(BpfProgPack):
         addr = chunk.addr + text.first
         del self.busy[addr]
         self._cache_add(addr, addr + text.nr_pages)
-        self.execmem_cache_clean()
+        self.clean_queued = True            # schedule_work(&execmem_cache_clean_work)
+
+    def module_init_free(self, id: int) -> None:
+        super().module_init_free(id)
+        self._clean_work()
+
+    def module_unload(self, id: int) -> None:
+        super().module_unload(id)
+        self._clean_work()
+
+    def _clean_work(self) -> None:
+        if self.clean_queued:
+            self.clean_queued = False
+            self.execmem_cache_clean()
 
     def execmem_cache_clean(self) -> None:
         """Release every free range that is a whole PMD-aligned chunk: direct map valid again, lazy vfree."""
@@ -180,7 +197,7 @@ class ExecmemRox(BpfProgPack):
         return area
 
     def mem_pressure(self, size: int) -> None:
-        """The ROX cache has no shrinker: only ``execmem_cache_clean`` releases chunks (already eager)."""
+        """The ROX cache has no shrinker: only ``execmem_cache_clean`` releases chunks."""
 
     # -- final state ---------------------------------------------------------------
 

@@ -129,16 +129,46 @@ def extract(deb: Path, cache: Path) -> Path:
     return tree
 
 
-def kernel_files(tree: Path, package: str) -> tuple[Path, Path]:
-    """(vmlinuz, module directory ``lib/modules/<release>``) of an unpacked linux-image deb.
+def split_parts(deb: Path, package: str) -> list[str]:
+    """The ``linux-binary-*`` and ``linux-modules-*`` packages a split ``linux-image-*`` depends on.
 
-    Bookworm ships ``/lib/modules``; trixie and later ship ``/usr/lib/modules``.
+    From Debian 14 (forky) on, ``linux-image-<abi>`` holds neither the kernel
+    nor its modules: they come in ``linux-binary-<abi>`` and
+    ``linux-modules-<abi>``.  Empty for an older, whole package.
     """
-    vmlinuz = sorted(tree.glob("boot/vmlinuz-*"))
-    moddirs = sorted(tree.glob("lib/modules/*")) + sorted(tree.glob("usr/lib/modules/*"))
+    abi = package.removeprefix("linux-image-")
+    depends = _run(["dpkg-deb", "-f", str(deb), "Depends"], f"reading {deb.name}")
+    names = {d.strip().split(" ")[0] for d in re.split(r"[,|]", depends)}
+    return [part for part in (f"linux-binary-{abi}", f"linux-modules-{abi}") if part in names]
+
+
+def kernel_trees(package: str, deb: Path, tree: Path, cache: Path) -> list[Path]:
+    """The unpacked trees of ``package`` (its ``deb``, unpacked in ``tree``): that tree, and
+    for a split package (no ``boot/vmlinuz-*`` of its own) its parts', fetched like it."""
+    if _vmlinuz(tree):
+        return [tree]
+    return [tree] + [extract(download(part, cache), cache) for part in split_parts(deb, package)]
+
+
+def _vmlinuz(tree: Path) -> list[Path]:
+    """The kernel images in ``tree``: ``boot/vmlinuz-<release>``, or (Debian 14's
+    linux-binary-*) ``usr/lib/modules/<release>/vmlinuz``."""
+    return sorted(tree.glob("boot/vmlinuz-*")) + sorted(tree.glob("usr/lib/modules/*/vmlinuz"))
+
+
+def kernel_files(trees: list[Path], package: str) -> tuple[Path, Path]:
+    """(vmlinuz, module directory ``lib/modules/<release>``) of an unpacked kernel: the
+    linux-image deb's tree and, for a split package, its parts' (:func:`split_parts`).
+
+    Bookworm ships ``/lib/modules``; trixie and later ship ``/usr/lib/modules``
+    (where Debian 14's kernel image also lies, in a directory of its own).
+    """
+    vmlinuz = [v for tree in trees for v in _vmlinuz(tree)]
+    moddirs = [m for tree in trees for pattern in ("lib/modules/*", "usr/lib/modules/*")
+               for m in sorted(tree.glob(pattern)) if (m / "kernel").is_dir()]
     if not vmlinuz or not moddirs:
         raise PermtraceError(
-            f"{package} holds no boot/vmlinuz-* and lib/modules/*: is it a meta-package? "
+            f"{package} holds no boot/vmlinuz-* and lib/modules/*/kernel: is it a meta-package? "
             f"(fix: pass the versioned package, e.g. linux-image-6.1.0-56-amd64; "
             f"'apt-cache depends {package}' shows which one it points to)")
     return vmlinuz[0], moddirs[0]

@@ -144,7 +144,8 @@ def groundtruth_qemu(kernel_deb: str, modules: list[str], cpus: int, out: Path, 
     busybox_deb = timed("download", debian.download, BUSYBOX_PACKAGE, cache)
     kernel_tree = timed("unpack", debian.extract, kernel_deb_path, cache)
     busybox_tree = timed("unpack", debian.extract, busybox_deb, cache)
-    vmlinuz, moddir = debian.kernel_files(kernel_tree, package)
+    trees = timed("download", debian.kernel_trees, package, kernel_deb_path, kernel_tree, cache)
+    vmlinuz, moddir = debian.kernel_files(trees, package)
     busybox = busybox_tree / "bin" / "busybox"
     if not busybox.is_file():
         raise PermtraceError(f"{busybox_deb.name} holds no bin/busybox")

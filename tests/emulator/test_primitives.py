@@ -234,6 +234,34 @@ def test_temporary_rw_splits_the_pmd_and_rox_collapses_it_again():
     assert k.waste_live[3] == 4096 * (1 + c(k, "direct_map_level3_splits"))
 
 
+def test_a_huge_mapping_over_a_left_pte_table_frees_it_with_a_one_page_flush():
+    k = kernel(release="6.15")
+    # GIVEN a 4K area at the start of the module range, freed and purged: its PTE table stays
+    small = k.vm.vmalloc(4, k.vm.module_range)
+    k.vm.vfree(small)
+    k.vm.purge_vmap_area_lazy()
+    ranged = c(k, "emu_flush_tlb_kernel_range")
+    # WHEN a 2 MiB huge area maps that PMD (vmap_try_huge_pmd -> pmd_free_pte_page)
+    chunk = _huge_chunk(k)
+    assert chunk.addr == small.addr
+    # THEN the table goes after an INVLPG of one page: one ranged flush, once
+    assert c(k, "emu_flush_tlb_kernel_range") == ranged + 1 and c(k, "emu_flush_tlb_all") == 0
+    assert not k.vm.pte_tables
+    # AND a huge area on a PMD that never had 4K pages sends nothing
+    _huge_chunk(k)
+    assert c(k, "emu_flush_tlb_kernel_range") == ranged + 1
+
+
+def test_a_split_huge_pmd_keeps_its_pte_table_until_a_collapse():
+    k = kernel(release="6.15")
+    chunk = _huge_chunk(k)
+    set_memory_rox(k, chunk, 0, 512)
+    set_memory_nx(k, chunk, 10, 5)             # split: the PMD now holds a PTE table
+    assert k.vm.pte_tables == {chunk.addr >> 9}
+    set_memory_rox(k, chunk, 10, 5)            # collapse frees it
+    assert not k.vm.pte_tables
+
+
 def test_no_collapse_without_contiguous_identical_ptes():
     k = kernel(release="6.15")
     a = area(k, list(range(512 * 20, 512 * 21 - 1)) + [512 * 30])  # 512 pages, last one elsewhere

@@ -779,3 +779,66 @@ def test_first_uses_of_va_the_setup_purge_swept_become_vmap_pools(tmp_path):
     # WHEN imported THEN the pools held the first three of CPU 1's node and CPU 0's, in pages, guard included
     summary, _, _ = run(tmp_path, lines)
     assert summary.metadata["vmap_pools"] == "1040+5/1,1032+5/1,1024+5/0"
+
+
+def tracepoint_unload_case(free_at: str) -> list[str]:
+    """A 7.2 guest (vmalloc tracepoints, the purge kprobe beside them): a stack, a module loaded,
+    then unloaded while a kworker frees the stack at ``free_at``; rmmod's purge sweeps it."""
+    stack, text = 0xffffc90000400000, 0xffffffffc0200000
+    va = f"vstart={{}} vend=0xffffe8ffffffffff failed=0"
+    return [
+        "GT enabled: vmalloc:alloc_vmap_area vmalloc:free_vmap_area_noflush vmalloc:purge_vmap_area_lazy "
+        "module:module_load module:module_free gt:purge",
+        "init-1 [000] ..... 1.0: tracing_mark_write: GT start",
+        f"init-2 [000] ..... 1.1: alloc_vmap_area: va_start: {stack} size=20480 align=16384 "
+        + va.format("0xffffc90000000000"),
+        f"insmod-3 [000] ..... 2.0: alloc_vmap_area: va_start: {text} size=8192 align=4096 "
+        + va.format("0xffffffffc0000000"),
+        "insmod-3 [000] ..... 2.1: module_load: m",
+        "rmmod-4 [000] ..... 3.0: module_free: m",
+        f"kworker/1:1-5 [001] ..... {free_at}: free_vmap_area_noflush: va_start={stack:#x} nr_lazy=5 "
+        "nr_lazy_max=16384",
+        "rmmod-4 [000] ..... 3.2: purge: (__purge_vmap_area_lazy+0x0/0x3a0) start=0xffffffffffffffff end=0x0",
+        f"rmmod-4 [000] ..... 3.3: purge_vmap_area_lazy: start={stack:#x} end={stack + 0x5000:#x} num_purged=1",
+    ]
+
+
+@pytest.mark.parametrize("free_at, order", [
+    ("3.1", ["vmalloc", "module_load", "vfree", "module_unload"]),     # before the purge began: swept
+    ("3.25", ["vmalloc", "module_load", "module_unload", "vfree"]),    # after: the purge missed it
+])
+def test_an_unload_goes_after_the_frees_its_first_purge_swept(tmp_path, free_at, order):
+    # GIVEN a stack freed by another CPU after module_free, before or after rmmod's purge began
+    # WHEN imported THEN the unload comes after the free only if its purge swept it
+    _, trace, _ = run(tmp_path, tracepoint_unload_case(free_at))
+    assert trace["op"].to_list() == order
+
+
+def test_vmap_node_of_an_area_freed_before_tracing_is_its_vmalloc_cpu(tmp_path):
+    # GIVEN a 6.9+ guest: an area allocated before tracing (node 0, in its flags) freed on CPU 1
+    k = "kworker/1:1-9 [001] ..... "
+    lines = ["GT enabled: vmalloc:free_vmap_area_noflush gt:free_va gt:free_node",
+             "init-1 [000] ..... 1.0: tracing_mark_write: GT start",
+             f"{k}2.0: free_node: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffc90000400000 flags=0x100",
+             f"{k}2.0: free_va: (free_vmap_area_noflush+0x0/0x1d0) va_start=0xffffc90000400000 "
+             "va_end=0xffffc90000405000",
+             f"{k}2.1: free_vmap_area_noflush: va_start=0xffffc90000400000 nr_lazy=5 nr_lazy_max=16384"]
+    # WHEN imported THEN its stand-in vmalloc runs on node 0's CPU, so its purge pools it there
+    _, trace, _ = run(tmp_path, lines)
+    assert trace.select("op", "cpu").rows() == [("vmalloc", 0), ("vfree", 1)]
+
+
+def test_pools_drained_by_the_tracer_are_empty_at_start(tmp_path):
+    # GIVEN the setup's purge swept [0x400, 0x420) pages, then init.sh drained the vmap node pools
+    base = 0xffffc90000000000
+    lines = ["GT enabled: vmalloc:purge_vmap_area_lazy gt:alloc_va gt:alloc_va_ret",
+             f"init-1 [001] ..... 1.0: purge_vmap_area_lazy: start={base + 0x400000:#x} "
+             f"end={base + 0x420000:#x} num_purged=4",
+             "init-1 [001] ..... 1.5: tracing_mark_write: GT vmap-pools-drained",
+             "init-1 [000] ..... 2.0: tracing_mark_write: GT start",
+             f"init-30 [001] ..... 3.0: alloc_va: (alloc_vmap_area+0x0/0xde0) size=20480 align=16384 {VMAL}",
+             f"init-30 [001] ..... 3.01: alloc_va_ret: (x <- alloc_vmap_area) va_start={base + 0x410000:#x} "
+             f"va_end={base + 0x415000:#x}"]
+    # WHEN imported THEN no starting pool is inferred: the stack came from the free tree
+    summary, _, _ = run(tmp_path, lines)
+    assert "vmap_pools" not in summary.metadata

@@ -63,7 +63,7 @@ _DUPLICATES = {
 
 #: Events still followed while the tracer sets itself up (vmap areas and purges).
 _VMAP_EVENTS = frozenset(("alloc_vmap_area", "free_vmap_area_noflush", "purge_vmap_area_lazy",
-                          "alloc_va", "alloc_va_ret", "free_va", "purge", "flush_krange"))
+                          "alloc_va", "alloc_va_ret", "free_va", "free_node", "purge", "flush_krange"))
 
 
 class Malformed(ValueError):
@@ -219,6 +219,7 @@ class FtraceParser:
                         self.skip.update(kprobes)
                 self.free_tracepoint = "vmalloc:free_vmap_area_noflush" in parts
                 self.conv.purge_entries = "gt:purge" in parts and "purge" not in self.skip
+                self.conv.purge_starts = "gt:purge" in parts and "purge" in self.skip
             elif s.startswith("GT meminfo-before") and len(parts) >= 4 and parts[3].isdigit():
                 self.meta[parts[2].rstrip(":")] = parts[3]
             self.s.unused["ground-truth log line"] += 1
@@ -239,6 +240,8 @@ class FtraceParser:
         if ts >= 1 << 64:
             raise Malformed("timestamp out of range")
         if ev.startswith("<") or ev in self.skip:   # <stack trace>; kprobe duplicates
+            if ev == "purge":                       # still when the purge took its snapshot
+                c.purge_started(pid, ts)
             return False
         if self.setup:
             # init.sh enables the events one after another, then writes "GT start": what comes
@@ -248,6 +251,9 @@ class FtraceParser:
             # the vmap areas are followed, for the starting state (KernelEventConverter.setup).
             if ev in ("tracing_mark_write", "print") and body.rstrip().endswith("GT start"):
                 self.setup = c.setup = False
+            elif ev in ("tracing_mark_write", "print") and body.rstrip().endswith("GT vmap-pools-drained"):
+                c.mark(ts, cpu, pid, "GT vmap-pools-drained")
+                return True
             elif ev not in _VMAP_EVENTS:
                 return "tracer setup before GT start"
         if ev not in ("csd_queue_cpu", "ipi_send_cpu", "ipi_send_cpumask"):
@@ -273,6 +279,11 @@ class FtraceParser:
         elif ev == "alloc_va_ret":
             if not c.alloc_return(ts, cpu, pid, task, _fields(body, "va_start")[0]):
                 raise Malformed("kretprobe without its alloc_va entry")
+        elif ev == "unmap_aliases":
+            c.unmap_aliases(pid, _fields(body, "flush_dmap")[0])
+        elif ev == "free_node":                          # 6.9+: encode_vn_id in vmap_area.flags
+            va, flags = _fields(body, "va_start", "flags")
+            c.free_node(va, (flags >> 8) - 1 if flags >> 8 else None)
         elif ev == "free_va":
             va_end = _fields(body, "va_end")[0] if "va_end=" in body else None
             va = _fields(body, "va_start")[0]

@@ -34,10 +34,10 @@ What becomes a trace event (policy-neutral: what the workload asked for):
   (:meth:`KernelEventConverter._bpf_release`);
 - what other CPUs did while a load or an init was changing permissions, or
   an init free was between its unmap and its reset's purge -> that op's
-  ``concurrent`` span (kprobe logs, which show purges at their entry and
-  what each purge swept): a lazy free counts only if the op's purge swept
-  it (or, on the op's CPU, its own did), and an op whose first purge swept
-  frees that came after the purge's entry goes after them.
+  ``concurrent`` span (logs with the purge kprobe, which show purges at their
+  entry and what each purge swept): a lazy free counts only if the op's purge swept
+  it (or, on the op's CPU, its own did), and an op (a load, an init, an
+  unload) whose first purge swept frees that came after the op goes after them.
 
 Observations (``kind``; ``value``; ``op`` = the op kind the kernel's work is
 charged to, as the emulator charges it: to the event that triggered it):
@@ -161,6 +161,8 @@ class KernelEventConverter:
         self.setup = False
         self._setup_lazy = 0                       # pages freed lazily in setup since its last purge
         self._setup_lazy_areas: dict[int, int] = {}  # their areas: va -> pages (guard included)
+        self._node: dict[int, int] = {}      # va -> the vmap node it was allocated for (6.9+ kprobe)
+        self._setup_node: dict[int, int] = {}   # the same for the setup's queued areas
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
@@ -220,15 +222,19 @@ class KernelEventConverter:
         self._spans: dict[int, tuple[int, int]] = {}
         self._resetting: dict[int, int] = {}        # pid -> init free row awaiting its purge
         self._reset_fallback: set[int] = set()      # pids whose reset flushes the direct map alone
+        self._dmap_unmap: set[int] = set()          # pids in a vm_reset_perms' _vm_unmap_aliases
         self._cpa_wait: dict[int, tuple[int, int | None]] = {}  # pid -> (cpu, init's module) at CPA
         self._init_rows: dict[int, int] = {}        # pid -> its module_init row (do_init_module's CPAs)
         self._anchors: dict[int, int] = {}          # pid -> op row placed at the purge it is in
+        self._purge_started: dict[int, int] = {}    # pid -> ts of its purge's entry (6.4+ tracepoint)
         self._after: dict[int, int] = {}            # op row -> the row it goes after (finish())
         self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
         self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
         #: purges are seen at their entry (init.sh's kprobe): set by the parser from "GT enabled:",
         #: else by the first one
         self.purge_entries = False
+        #: or only their start, beside the tracepoint that reports them (6.4+; purge_started)
+        self.purge_starts = False
         progs = bpf_progs or []
         self._bpf_by_index = {p.index: p for p in progs if p.index is not None}
         sizes = Counter(p.bytes_jited for p in progs)
@@ -408,6 +414,8 @@ class KernelEventConverter:
             row = self._last_bpf_row
             self.vmstat(ts, "direct_map_level2_splits", int(m.group(1)), row=row)
             self.vmstat(ts, "direct_map_level3_splits", int(m.group(2)), row=row)
+        elif text == "GT vmap-pools-drained":     # init.sh ran the vmap-node shrinker: pools empty
+            self._pool_ranges.clear()
         elif text.startswith("GT vmstat "):
             for kind, v in _GT_VMSTAT.findall(text):
                 self.vmstat(ts, kind, int(v), row=self._last_module_row)
@@ -496,6 +504,13 @@ class KernelEventConverter:
             self._pool_start.append((va, size // PAGE_SIZE, cpu))
         self._pool_used.append((va, end))
 
+    def free_node(self, va: int, node: int | None) -> None:
+        """kprobe ``free_vmap_area_noflush`` with the area's ``flags`` (6.9+, before its free
+        event): the vmap node it was allocated for (``decode_vn_id``), whose pool its purge
+        fills.  Replaces the allocating CPU for areas allocated before tracing."""
+        if node is not None:
+            self._node[va] = node
+
     def alloc_entry(self, pid: int, size: int, vstart: int, align: int = PAGE_SIZE) -> None:
         """kprobe ``alloc_vmap_area`` entry (the kretprobe gives the address)."""
         self._pending_alloc[pid] = (size, vstart, align)
@@ -514,7 +529,7 @@ class KernelEventConverter:
         it became is remembered until a purge sweeps the area (:meth:`_sweep`)."""
         n = len(self.events)
         self._free(ts, cpu, pid, comm, va, nr_lazy, va_end)
-        if self.purge_entries and len(self.events) > n:
+        if (self.purge_entries or self.purge_starts) and len(self.events) > n:
             self._queued[va] = (len(self.events) - 1, ts, pid)
 
     def _sweep(self, pid: int, ts: int, start: int, end: int) -> list[int]:
@@ -545,10 +560,13 @@ class KernelEventConverter:
         pages = self._area_pages.pop(va, None)
         if pages is None and va_end is not None:
             pages = (va_end - va) // PAGE_SIZE
+        node = self._node.pop(va, None)
         if self.setup:
             self._setup_lazy += pages or 0
             if pages:
                 self._setup_lazy_areas[va] = pages
+                if node is not None:
+                    self._setup_node[va] = node     # for its warmup vmalloc
             return
         if nr_lazy is not None and self.lazy_start is None:
             if pages is None or self._purged_before_first_free:
@@ -568,7 +586,9 @@ class KernelEventConverter:
             if va < EXEC_RANGE_START and pages and self.counts(pid, comm):
                 self._next_vm += 1
                 self._pre_areas.append((va, pages, self._next_vm))
-                self._emit(ts, cpu, "vmalloc", self._next_vm, (pages - 1) * PAGE_SIZE, pid=pid)
+                # on the CPU of its vmap node, where the kernel's purge pools it
+                self._emit(ts, cpu if node is None else node, "vmalloc", self._next_vm, (pages - 1) * PAGE_SIZE,
+                           pid=pid)
                 self._emit(ts, cpu, "vfree", self._next_vm, pid=pid)
                 self.unused["vfree of an area allocated before tracing (replayed with its vmalloc)"] += 1
             else:
@@ -658,6 +678,27 @@ class KernelEventConverter:
             self.unused["purge by another task"] += 1
         elif flushed:
             self.observe_for(ts, "vmap_purge", pid, comm)
+        started = self._purge_started.pop(pid, None)
+        if flushed and started is not None:
+            self._swept_by(pid, started, start, end)
+        if pid in self._dmap_unmap:         # vm_reset_perms' purge: found nothing, it flushes alone
+            self._dmap_unmap.discard(pid)
+            self.observable.add("vm_reset_flush_all")
+            if not flushed:
+                self._reset_fallback.add(pid)
+
+    def unmap_aliases(self, pid: int, flush_dmap: int) -> None:
+        """kprobe ``_vm_unmap_aliases(start, end, flush_dmap)``: with ``flush_dmap`` (``vm_reset_perms``)
+        a purge that finds nothing queued is followed by a flush of the direct-map range alone."""
+        if flush_dmap:
+            self._dmap_unmap.add(pid)
+        else:
+            self._dmap_unmap.discard(pid)
+
+    def purge_started(self, pid: int, ts: int) -> None:
+        """The ``__purge_vmap_area_lazy`` kprobe of a kernel whose tracepoint reports the purge
+        (6.4+): when its snapshot of the lazy list was taken."""
+        self._purge_started[pid] = ts
 
     def purge_entry(self, ts: int, pid: int, comm: str, start: int, end: int) -> None:
         """kprobe ``__purge_vmap_area_lazy(start, end)`` entry: it flushed iff a
@@ -688,17 +729,23 @@ class KernelEventConverter:
             t, p_start, p_end = pending
             fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
             self.purge(t, pid, comm, not fallback)
-            anchor = self._anchors.pop(pid, None)
             if not fallback:
-                late = [r for r in self._sweep(pid, ts, start, end) if anchor is not None and r > anchor]
-                if late:
-                    # frees the op's first purge swept though they came after its entry: the op
-                    # takes its place after them (finish()), so that its replay sweeps them too
-                    self._after[anchor] = last = max(late)
-                    self.events[anchor][0] = self.events[last][0]
+                self._swept_by(pid, ts, start, end)
+            else:
+                self._anchors.pop(pid, None)
             self.observable.add("vm_reset_flush_all")
             if fallback:
                 self._reset_fallback.add(pid)
+
+    def _swept_by(self, pid: int, ts: int, start: int, end: int) -> None:
+        """The task's purge took ``[start, end)`` at ``ts`` (:meth:`_sweep`).  Frees the op's
+        first purge swept though they came after the op's row: the op takes its place after
+        them (finish()), so that its replay sweeps them too."""
+        anchor = self._anchors.pop(pid, None)
+        late = [r for r in self._sweep(pid, ts, start, end) if anchor is not None and r > anchor]
+        if late:
+            self._after[anchor] = last = max(late)
+            self.events[anchor][0] = self.events[last][0]
 
     def _end_purge(self, pid: int, comm: str) -> None:
         pending = self._pending_purge.pop(pid, None)
@@ -865,6 +912,9 @@ class KernelEventConverter:
             return
         self._last_module_row = self._emit(ts, cpu, "module_unload", mid, owner=name, pid=pid)
         self._module_unload_rows[mid] = self._last_module_row
+        # its first purge (vm_reset_perms of the first section freed) may sweep what other
+        # CPUs freed since: the unload then goes after those frees (kernel_range_flush_entry)
+        self._anchors[pid] = self._last_module_row
 
     # ------------------------------------------------------------ output
     def finish(self) -> tuple[pa.Table, pa.Table]:
@@ -1028,8 +1078,9 @@ class KernelEventConverter:
             if va < EXEC_RANGE_START and pages > 1:
                 id_ = WARMUP_ID_BASE - 2 - i
                 self._pre_areas.append((va, pages, id_))
-                rows += [[ts, 0, "vmalloc", id_, (pages - 1) * PAGE_SIZE, None, *zero, 0],
-                         [ts, 0, "vfree", id_, 0, None, *zero, 0]]
+                node = self._setup_node.get(va, 0)
+                rows += [[ts, node, "vmalloc", id_, (pages - 1) * PAGE_SIZE, None, *zero, 0],
+                         [ts, node, "vfree", id_, 0, None, *zero, 0]]
                 if self.lazy_start > 0:
                     self.lazy_start = max(self.lazy_start - pages, 0)
         if self.lazy_start and self.lazy_start > 1:
