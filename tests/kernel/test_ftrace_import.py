@@ -251,7 +251,10 @@ def test_guest_module_protocol(tmp_path):
     # placed where load_module allocated them: before its patching and the vfree of its .ko copy,
     # and do_init_module's first CPA after the module_load tracepoint became a module_init
     ops = trace["op"].to_list()
-    assert ops == ["vmalloc", "module_load", "text_patch", "vfree", "module_init", "module_init_free",
+    # (first, the two areas queued before tracing that the load's first purge shows at either
+    # end of its range, 0x400 to 0x41d pages: nothing traced was queued there)
+    assert ops == ["vmalloc", "vfree", "vmalloc", "vfree",
+                   "vmalloc", "module_load", "text_patch", "vfree", "module_init", "module_init_free",
                    "module_unload"]
     load = trace.filter(pl.col("op") == "module_load").row(0, named=True)
     assert load["owner"] == "crc32c_generic"
@@ -842,3 +845,24 @@ def test_pools_drained_by_the_tracer_are_empty_at_start(tmp_path):
     # WHEN imported THEN no starting pool is inferred: the stack came from the free tree
     summary, _, _ = run(tmp_path, lines)
     assert "vmap_pools" not in summary.metadata
+
+
+def test_first_purge_reaching_past_the_known_queue_adds_the_unseen_area(tmp_path):
+    # GIVEN a 6.1 guest (kprobes: no nr_lazy): a stack freed in the trace at page 0x400 and the
+    # first purge flushing up to page 0x480, where nothing traced was queued
+    i, k = "insmod-7 [000] ..... ", "kworker/0:1-9 [000] ..... "
+    lines = [
+        "GT enabled: gt:alloc_va gt:alloc_va_ret gt:free_va gt:purge gt:flush_krange",
+        "init-1 [000] ..... 2.0: tracing_mark_write: GT start",
+        f"init-5 [000] ..... 2.1: alloc_va: (alloc_vmap_area+0x0/0x880) size=20480 align=16384 {VMAL}",
+        "init-5 [000] ..... 2.2: alloc_va_ret: (x <- alloc_vmap_area) va_start=0xffffc90000400000 "
+        "va_end=0xffffc90000405000",
+        f"{k}3.0: free_va: (free_vmap_area_noflush+0x0/0x340) va_start=0xffffc90000400000 va_end=0xffffc90000405000",
+        f"{i}3.1: purge: (__purge_vmap_area_lazy+0x0/0x750) start=0xffffffffffffffff end=0x0",
+        f"{i}3.2: flush_krange: (flush_tlb_kernel_range+0x0/0xc0) start=0xffffc90000400000 end=0xffffc90000480000",
+    ]
+    # WHEN imported THEN a one-page area queued at the start ends where the purge's range does
+    summary, trace, _ = run(tmp_path, lines)
+    assert summary.metadata["warmup_events"] == "2"
+    assert trace.select("op", "size").rows()[:2] == [("vmalloc", 4096), ("vfree", 0)]
+    assert "1150+2@" in summary.metadata["vmalloc_busy"]        # pages 0x47e..0x480

@@ -163,6 +163,7 @@ class KernelEventConverter:
         self._setup_lazy_areas: dict[int, int] = {}  # their areas: va -> pages (guard included)
         self._node: dict[int, int] = {}      # va -> the vmap node it was allocated for (6.9+ kprobe)
         self._setup_node: dict[int, int] = {}   # the same for the setup's queued areas
+        self._lazy_known: list[tuple[int, int]] | None = []  # [va, end) freed lazily before the first purge
         self._purged_before_first_free = False
         self._area_pages: dict[int, int] = {}     # any task's live area -> pages incl. guard
         self._vm_spans: list[tuple[int, int]] = []  # [va, va + size) of every vmalloc event's area
@@ -568,6 +569,8 @@ class KernelEventConverter:
                 if node is not None:
                     self._setup_node[va] = node     # for its warmup vmalloc
             return
+        if self._lazy_known is not None and pages:
+            self._lazy_known.append((va, va + pages * PAGE_SIZE))
         if nr_lazy is not None and self.lazy_start is None:
             if pages is None or self._purged_before_first_free:
                 self.lazy_start = -1
@@ -678,6 +681,8 @@ class KernelEventConverter:
             self.unused["purge by another task"] += 1
         elif flushed:
             self.observe_for(ts, "vmap_purge", pid, comm)
+        if flushed and not self.purge_entries and start < end:
+            self._first_purge_edges(start, end)
         started = self._purge_started.pop(pid, None)
         if flushed and started is not None:
             self._swept_by(pid, started, start, end)
@@ -730,12 +735,28 @@ class KernelEventConverter:
             fallback = p_start != ULONG_MAX and (start, end) == (p_start, p_end)
             self.purge(t, pid, comm, not fallback)
             if not fallback:
+                self._first_purge_edges(start, end)
                 self._swept_by(pid, ts, start, end)
             else:
                 self._anchors.pop(pid, None)
             self.observable.add("vm_reset_flush_all")
             if fallback:
                 self._reset_fallback.add(pid)
+
+    def _first_purge_edges(self, start: int, end: int) -> None:
+        """The workload's first purge flushed ``[start, end)``, the span of every area then queued:
+        with no ``nr_lazy`` to count them (6.1's kprobes), a vmalloc-range edge beyond the areas
+        known to be queued (freed in the trace or in the tracer's setup) is an area freed before
+        tracing, unseen.  Each such edge becomes a one-page area queued at the start
+        (:meth:`_warmup_rows`), so that the replay's first purge spans as far."""
+        known, self._lazy_known = self._lazy_known, None
+        if known is None or self.lazy_start is not None:
+            return
+        known += [(va, va + n * PAGE_SIZE) for va, n in self._setup_lazy_areas.items()]
+        if VMALLOC_START <= start < EXEC_RANGE_START and start < min((s for s, _ in known), default=end):
+            self._setup_lazy_areas[start] = 2
+        if VMALLOC_START < end <= EXEC_RANGE_START and end > max((e for _, e in known), default=start):
+            self._setup_lazy_areas[end - 2 * PAGE_SIZE] = 2
 
     def _swept_by(self, pid: int, ts: int, start: int, end: int) -> None:
         """The task's purge took ``[start, end)`` at ``ts`` (:meth:`_sweep`).  Frees the op's
