@@ -33,11 +33,12 @@ class ExecmemRox(BpfProgPack):
     chunk's PMD and the direct-map alias; ``execmem_restore_rox``
     (``set_memory_rox`` with ``CPA_COLLAPSE``) re-forms the PMD.  Freed text
     goes back RW -> INT3 -> ROX; whole free chunks are released by the
-    ``execmem_cache_clean`` work that ``execmem_cache_free`` schedules
-    (simplification: the worker runs right after the op that freed the text,
-    before the next event; traced on 7.2, it ran after rmmod's own purges).
-    Data and BPF are as ``bpf_prog_pack`` with 7 areas and native
-    ``set_memory_rox``.
+    ``execmem_cache_clean`` work that ``execmem_cache_free`` schedules.
+    Simplification: the work runs at once.  The kernel's kworker runs when the
+    freeing task yields: in four 7.2 recordings here mostly within the same
+    rmmod, between its purges, sometimes just after it (a flush or a purge
+    lands in the neighbouring op then).  Data and BPF are as ``bpf_prog_pack``
+    with 7 areas and native ``set_memory_rox``.
     """
 
     mod_mem_areas: bool = True
@@ -63,7 +64,6 @@ class ExecmemRox(BpfProgPack):
         self.cache_ends: list[int] = []
         self.chunks: dict[int, vm_struct] = {}  # chunk addr -> area
         self.busy: dict[int, execmem_text] = {}
-        self.clean_queued = False
         for offset, nr_pages, busy in k.machine.execmem_chunks():
             self._start_chunk(MODULES_VADDR + offset, nr_pages, busy)
 
@@ -156,20 +156,7 @@ class ExecmemRox(BpfProgPack):
         addr = chunk.addr + text.first
         del self.busy[addr]
         self._cache_add(addr, addr + text.nr_pages)
-        self.clean_queued = True            # schedule_work(&execmem_cache_clean_work)
-
-    def module_init_free(self, id: int) -> None:
-        super().module_init_free(id)
-        self._clean_work()
-
-    def module_unload(self, id: int) -> None:
-        super().module_unload(id)
-        self._clean_work()
-
-    def _clean_work(self) -> None:
-        if self.clean_queued:
-            self.clean_queued = False
-            self.execmem_cache_clean()
+        self.execmem_cache_clean()          # schedule_work(&execmem_cache_clean_work), run at once
 
     def execmem_cache_clean(self) -> None:
         """Release every free range that is a whole PMD-aligned chunk: direct map valid again, lazy vfree."""

@@ -625,6 +625,7 @@ class KernelEventConverter:
         else:
             self._sticky[pid] = row
             self._last[pid] = None
+            self._resetting[pid] = row      # the span runs to this area's reset purge too
 
     def execmem_alloc_entry(self, ts: int, cpu: int, pid: int, type_: int, size: int) -> bool:
         """kprobe ``execmem_alloc(type, size)`` (6.4+ ``module_memory_alloc``; the kretprobe gives the address).
