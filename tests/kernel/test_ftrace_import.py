@@ -866,3 +866,32 @@ def test_first_purge_reaching_past_the_known_queue_adds_the_unseen_area(tmp_path
     assert summary.metadata["warmup_events"] == "2"
     assert trace.select("op", "size").rows()[:2] == [("vmalloc", 4096), ("vfree", 0)]
     assert "1150+2@" in summary.metadata["vmalloc_busy"]        # pages 0x47e..0x480
+
+
+def test_a_6_4_init_free_span_runs_to_its_last_areas_purge(tmp_path):
+    # GIVEN a 6.12 init free (kworker, CPU 0) of two init areas, each with its own reset purge,
+    # and a stack another CPU frees between them that the second purge sweeps
+    k, w = "kworker/0:0-9 [000] ..... ", "kworker/1:2-30 [001] ..... "
+    stack = 0xffffc90000400000
+    dmap = "start=0xffff888100000000 end=0xffff888100001000"
+
+    def reset(t: str, area: int, end: int, flush_from: int) -> list[str]:
+        return [f"{k}{t}0: module_memfree: (execmem_free+0x4/0x50) addr={area:#x}",
+                f"{k}{t}1: free_va: (free_vmap_area_noflush+0x0/0x1b0) va_start={area:#x} va_end={end:#x}",
+                f"{k}{t}2: purge: (__purge_vmap_area_lazy+0x0/0x750) {dmap}",
+                f"{k}{t}3: flush_krange: (flush_tlb_kernel_range+0x4/0xc0) start={flush_from:#x} end={end:#x}",
+                f"{k}{t}4: on_each_cpu: (smp_call_function_many_cond+0x0/0x4c0) func=do_flush_tlb_all+0x0/0x10"]
+    lines = [f"init-5 [001] ..... 12.100000: alloc_va: (alloc_vmap_area+0x0/0xe00) size=20480 align=16384 {VMAL}",
+             f"init-5 [001] ..... 12.100001: alloc_va_ret: (x <- alloc_vmap_area) va_start={stack:#x} "
+             f"va_end={stack + 0x5000:#x}",
+             *execmem_module_case()[:-9],
+             *reset("12.17000", 0xffffffffc024d000, 0xffffffffc024f000, 0xffff888100000000),
+             f"{w}12.170005: free_va: (free_vmap_area_noflush+0x0/0x1b0) va_start={stack:#x} "
+             f"va_end={stack + 0x5000:#x}",
+             *reset("12.17001", 0xffffffffc024f000, 0xffffffffc0252000, stack),
+             f"{k}12.170020: module_memfree: (execmem_free+0x4/0x50) addr=0x0"]
+    # WHEN imported THEN the stack's free is in the init free's span, which the replay runs inside it
+    _, trace, _ = run(tmp_path, lines)
+    rows = trace.select("op", "concurrent").rows()
+    at = rows.index(("module_init_free", 1))
+    assert rows[at + 1] == ("vfree", 0)
