@@ -13,8 +13,14 @@ method          6.18 host tracepoints                                     6.1 gu
 ``text_poke``   --                                                        ``gt:text_poke_bp_batch nr=``
 ``module_*``    ``module:module_load`` / ``module_free``                  same
 ``execmem``     --                                                        ``gt:module_alloc`` on ``execmem_alloc`` (6.4+)
+``free_node``   --                                                        ``gt:free_node`` (vmap_area flags, 6.9+)
 ``mark``        ``ftrace:print`` (``trace_marker``)                       same
 ==============  =======================================================  ==========================================
+
+Guests traced by ``permtrace groundtruth qemu`` on 6.4+ have both columns:
+the tracepoints report, the ``gt:purge`` kprobe still dates each purge's
+snapshot of the lazy list (``purge_started``), and ``gt:unmap_aliases`` tells
+a ``vm_reset_perms`` purge (``flush_dmap=1``).
 
 What becomes a trace event (policy-neutral: what the workload asked for):
 
