@@ -941,7 +941,7 @@ class KernelEventConverter:
         self._last_module_row = self._emit(ts, cpu, "module_unload", mid, owner=name, pid=pid)
         self._module_unload_rows[mid] = self._last_module_row
         # its first purge (vm_reset_perms of the first section freed) may sweep what other
-        # CPUs freed since: the unload then goes after those frees (kernel_range_flush_entry)
+        # CPUs freed since: the unload then goes after those frees (_swept_by)
         self._anchors[pid] = self._last_module_row
 
     # ------------------------------------------------------------ output
