@@ -35,7 +35,7 @@ class ExecmemRox(BpfProgPack):
     goes back RW -> INT3 -> ROX; whole free chunks are released by the
     ``execmem_cache_clean`` work that ``execmem_cache_free`` schedules.
     Simplification: the work runs at once.  The kernel's kworker runs when the
-    freeing task yields: in four 7.2 recordings here mostly within the same
+    freeing task yields: in the 7.2 recordings here mostly within the same
     rmmod, between its purges, sometimes just after it (a flush or a purge
     lands in the neighbouring op then).  Data and BPF are as ``bpf_prog_pack``
     with 7 areas and native ``set_memory_rox``.
