@@ -25,7 +25,7 @@ import numpy as np
 from emulator.direct_map import P, RW, SMALL_CPA
 from emulator.errors import KernelFault
 from emulator.tlb import flush_tlb_kernel_range
-from traces.schema import OP_CODE, OPS, THREAD_ALIGN
+from traces.schema import MAX_VA_SIZE_PAGES, OP_CODE, OPS, THREAD_ALIGN
 
 PAGE_OFFSET = 0xffff888000000000 >> 12          # __PAGE_OFFSET_BASE_L4
 VMALLOC_START = 0xffffc90000000000 >> 12
@@ -45,9 +45,6 @@ THREAD_ALIGN_PAGES = THREAD_ALIGN >> 12
 CHUNK = 16
 #: ``(lazy_lo, lazy_hi)`` with nothing queued: any queued VA lowers the first and raises the second.
 NO_LAZY = (MODULES_END, 0)
-#: ``MAX_VA_SIZE_PAGES`` (6.9+): purged vmalloc areas up to this size, guard page included, go to
-#: their node's pool of that size instead of back to the free tree.
-MAX_VA_SIZE_PAGES = 256
 
 
 def free_blocks(start: int, end: int, busy) -> list[tuple[int, int]]:
@@ -250,18 +247,9 @@ class VmapRange:
 
     def reserve(self, blocks: list[tuple[int, int]]) -> None:
         """Take ``[start, end)`` blocks out of the free space: VA the starting state holds."""
-        starts, ends = [], []
-        for s, e in zip(*self._sorted_blocks()):
-            for bs, be in sorted(blocks):
-                if bs < e and s < be:
-                    if bs > s:
-                        starts.append(s)
-                        ends.append(bs)
-                    s = max(s, be)
-            if e > s:
-                starts.append(s)
-                ends.append(e)
-        self._set(starts, ends)
+        free = [piece for s, e in zip(*self._sorted_blocks())
+                for piece in free_blocks(s, e, [(bs - s, be - bs) for bs, be in blocks if bs < e and s < be])]
+        self._set([s for s, _ in free], [e for _, e in free])
 
     def is_whole(self, extra: list[tuple[int, int]] = ()) -> bool:
         """True when the free space (with ``extra`` blocks) is what it was at start (everything

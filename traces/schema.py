@@ -63,6 +63,10 @@ THREAD_STACK = "thread_stack"
 #: ``THREAD_ALIGN`` = THREAD_SIZE, bytes: 16 KiB on x86-64 without KASAN
 #: (arch/x86/include/asm/page_64_types.h); no other vmalloc asks for this alignment.
 THREAD_ALIGN = 16384
+#: ``MAX_VA_SIZE_PAGES`` (mm/vmalloc.c, 6.9+): purged vmalloc areas up to this many pages, guard
+#: included, go to their vmap node's pool of that size instead of back to the free tree; the
+#: importer infers the pools' start with it, the emulator keeps them with it
+MAX_VA_SIZE_PAGES = 256
 #: Owners the emulator tells apart (``traces.io.iter_event_batches`` codes ``owner`` by this
 #: tuple); append only.
 OWNERS: tuple[str, ...] = (*EXEC_OWNERS, THREAD_STACK)

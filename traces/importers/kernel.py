@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from traces.importers.bpftool import BpfProg
-from traces.schema import OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS, THREAD_ALIGN, THREAD_STACK
+from traces.schema import MAX_VA_SIZE_PAGES, OBSERVED_SCHEMA, SCHEMA, SECTION_COLUMNS, THREAD_ALIGN, THREAD_STACK
 
 PAGE_SIZE = 4096
 ULONG_MAX = (1 << 64) - 1
@@ -88,8 +88,6 @@ ULONG_MAX = (1 << 64) - 1
 #: KASLR) and above: module and execmem areas.  vmalloc is far below.
 EXEC_RANGE_START = 0xFFFFFFFF80000000
 VMALLOC_START = 0xFFFFC90000000000      # 4-level, no KASLR (the QEMU guests)
-#: ``MAX_VA_SIZE_PAGES``: the largest area (pages, guard included) a 6.9+ vmap node pool keeps.
-MAX_VA_SIZE_PAGES = 256
 #: ``MODULES_VADDR`` of a KASLR kernel (``__START_KERNEL_map`` + 1 GiB ``KERNEL_IMAGE_SIZE``).
 MODULES_VADDR = 0xFFFFFFFFC0000000
 #: An execmem ROX cache chunk: ``PMD_SIZE``, aligned (``execmem_cache_populate``).
