@@ -784,14 +784,17 @@ def test_first_uses_of_va_the_setup_purge_swept_become_vmap_pools(tmp_path):
     assert summary.metadata["vmap_pools"] == "1040+5/1,1032+5/1,1024+5/0"
 
 
-def tracepoint_unload_case(free_at: str) -> list[str]:
+def tracepoint_unload_case(free_at: str, began: str | None = None) -> list[str]:
     """A 7.2 guest (vmalloc tracepoints, the purge kprobe beside them): a stack, a module loaded,
-    then unloaded while a kworker frees the stack at ``free_at``; rmmod's purge sweeps it."""
+    then unloaded while a kworker frees the stack at ``free_at`` (its ``free_va`` kprobe at
+    ``began``); rmmod's purge sweeps it."""
     stack, text = 0xffffc90000400000, 0xffffffffc0200000
     va = f"vstart={{}} vend=0xffffe8ffffffffff failed=0"
+    entry = [] if began is None else [f"kworker/1:1-5 [001] ..... {began}: free_va: (free_vmap_area_noflush+0x0/0x1d0) "
+                                      f"va_start={stack:#x} va_end={stack + 0x5000:#x}"]
     return [
         "GT enabled: vmalloc:alloc_vmap_area vmalloc:free_vmap_area_noflush vmalloc:purge_vmap_area_lazy "
-        "module:module_load module:module_free gt:purge",
+        "module:module_load module:module_free gt:purge" + (" gt:free_va" if entry else ""),
         "init-1 [000] ..... 1.0: tracing_mark_write: GT start",
         f"init-2 [000] ..... 1.1: alloc_vmap_area: va_start: {stack} size=20480 align=16384 "
         + va.format("0xffffc90000000000"),
@@ -799,6 +802,7 @@ def tracepoint_unload_case(free_at: str) -> list[str]:
         + va.format("0xffffffffc0000000"),
         "insmod-3 [000] ..... 2.1: module_load: m",
         "rmmod-4 [000] ..... 3.0: module_free: m",
+        *entry,
         f"kworker/1:1-5 [001] ..... {free_at}: free_vmap_area_noflush: va_start={stack:#x} nr_lazy=5 "
         "nr_lazy_max=16384",
         "rmmod-4 [000] ..... 3.2: purge: (__purge_vmap_area_lazy+0x0/0x3a0) start=0xffffffffffffffff end=0x0",
@@ -806,14 +810,20 @@ def tracepoint_unload_case(free_at: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("free_at, order", [
-    ("3.1", ["vmalloc", "module_load", "vfree", "module_unload"]),     # before the purge began: swept
-    ("3.25", ["vmalloc", "module_load", "module_unload", "vfree"]),    # after: the purge missed it
+SWEPT, MISSED = ["vmalloc", "module_load", "vfree", "module_unload"], ["vmalloc", "module_load", "module_unload", "vfree"]
+
+
+@pytest.mark.parametrize("free_at, began, order", [
+    ("3.1", None, SWEPT),       # queued before the purge began: swept
+    ("3.25", None, MISSED),     # reported after it: the purge missed it
+    # began before the purge, reported after it: in its snapshot, as its num_purged=1 says
+    ("3.25", "3.15", SWEPT),
+    ("3.25", "3.21", MISSED),   # began after the purge did
 ])
-def test_an_unload_goes_after_the_frees_its_first_purge_swept(tmp_path, free_at, order):
+def test_an_unload_goes_after_the_frees_its_first_purge_swept(tmp_path, free_at, began, order):
     # GIVEN a stack freed by another CPU after module_free, before or after rmmod's purge began
     # WHEN imported THEN the unload comes after the free only if its purge swept it
-    _, trace, _ = run(tmp_path, tracepoint_unload_case(free_at))
+    _, trace, _ = run(tmp_path, tracepoint_unload_case(free_at, began))
     assert trace["op"].to_list() == order
 
 

@@ -150,7 +150,8 @@ class FtraceParser:
         self.meta: dict[str, str] = {}
         self.skip: set[str] = set()      # kprobe events duplicating an enabled tracepoint
         self.free_tracepoint = False     # free_va kprobes only size the tracepoint's frees
-        self._free_end: dict[tuple[int, int], int] = {}   # (pid, va_start) -> va_end of free_va
+        #: (pid, va_start) -> (va_end, ts) of a free_va kprobe whose tracepoint line follows
+        self._free_end: dict[tuple[int, int], tuple[int | None, int]] = {}
         #: init.sh guest logs: the tracer is still setting itself up until its "GT start" marker
         self.setup = False
 
@@ -267,10 +268,11 @@ class FtraceParser:
             c.alloc(ts, cpu, pid, task, va, size, vstart, _align(body))
         elif ev == "free_vmap_area_noflush":
             va, nr_lazy = _fields(body, "va_start", "nr_lazy")
-            c.free(ts, cpu, pid, task, va, nr_lazy, va_end=self._free_end.pop((pid, va), None))
+            va_end, began = self._free_end.pop((pid, va), (None, None))
+            c.free(ts, cpu, pid, task, va, nr_lazy, va_end=va_end, began=began)
         elif ev == "purge_vmap_area_lazy":
             start, end, purged = _fields(body, "start", "end", "num_purged")
-            c.purge(ts, pid, task, purged > 0, start, end)
+            c.purge(ts, pid, task, purged > 0, start, end, purged)
         elif ev == "csd_queue_cpu":
             c.csd_queue(ts, cpu, pid, task, _fields(body, "cpu")[0], _func(body, "func"))
         elif ev == "alloc_va":                             # kprobes of qemu/init.sh (6.1)
@@ -288,8 +290,7 @@ class FtraceParser:
             va_end = _fields(body, "va_end")[0] if "va_end=" in body else None
             va = _fields(body, "va_start")[0]
             if self.free_tracepoint:        # the tracepoint line that follows is the free
-                if va_end is not None:
-                    self._free_end[(pid, va)] = va_end
+                self._free_end[(pid, va)] = (va_end, ts)
             else:
                 c.free(ts, cpu, pid, task, va, va_end=va_end)
         elif ev == "purge":

@@ -233,7 +233,8 @@ class KernelEventConverter:
         self._anchors: dict[int, int] = {}          # pid -> op row placed at the purge it is in
         self._purge_started: dict[int, int] = {}    # pid -> ts of its purge's entry (6.4+ tracepoint)
         self._after: dict[int, int] = {}            # op row -> the row it goes after (finish())
-        self._queued: dict[int, tuple[int, int, int]] = {}  # va queued lazily -> (its event's row, ts, pid)
+        #: va queued lazily -> (its event's row, ts, pid, ts its free began)
+        self._queued: dict[int, tuple[int, int, int, int]] = {}
         self._caught: dict[int, tuple[int, int]] = {}   # row of a lazy free -> (pid whose purge swept it, its pid)
         #: purges are seen at their entry (init.sh's kprobe): set by the parser from "GT enabled:",
         #: else by the first one
@@ -529,26 +530,32 @@ class KernelEventConverter:
         return True
 
     def free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
-             va_end: int | None = None) -> None:
+             va_end: int | None = None, began: int | None = None) -> None:
         """``free_vmap_area_noflush`` (:meth:`_free`); with purges seen at their entry, the event
-        it became is remembered until a purge sweeps the area (:meth:`_sweep`)."""
+        it became is remembered until a purge sweeps the area (:meth:`_sweep`).  ``began``: the
+        function's entry (kprobe), where the tracepoint at its end gives ``ts``."""
         n = len(self.events)
         self._free(ts, cpu, pid, comm, va, nr_lazy, va_end)
         if (self.purge_entries or self.purge_starts) and len(self.events) > n:
-            self._queued[va] = (len(self.events) - 1, ts, pid)
+            self._queued[va] = (len(self.events) - 1, ts, pid, ts if began is None else began)
 
-    def _sweep(self, pid: int, ts: int, start: int, end: int) -> list[int]:
-        """A purge flushed ``[start, end)`` at ``ts``: every area queued before its snapshot lies in
-        that range.  Which task's purge swept each event's area (``_caught``) tells whether the
-        event really landed inside an op (finish()): an area freed microseconds before another
-        CPU's purge may still miss it, or one freed just after the purge began be in it.  Returns
-        the rows of the events whose areas it swept."""
+    def _sweep(self, pid: int, ts: int, start: int, end: int, purged: int | None = None) -> list[int]:
+        """A purge flushed ``[start, end)`` from its snapshot at ``ts``: every area queued before it
+        lies in that range.  Which task's purge swept each event's area (``_caught``) tells whether
+        the event really landed inside an op (finish()): an area freed microseconds before another
+        CPU's purge may still miss it, or one freed just after the purge began be in it.  An area
+        whose free began before ``ts`` but was reported after it (the 6.4+ tracepoint fires once
+        the area is queued) is in it if the purge's ``num_purged`` needs it.  Returns the rows of
+        the events whose areas it swept."""
+        sure, maybe = [], []
+        for va, (_, t, _, began) in self._queued.items():
+            if start <= va < end and began <= ts:
+                (sure if t <= ts else maybe).append(va)
         swept = []
-        for va, (row, t, freer) in list(self._queued.items()):
-            if t <= ts and start <= va < end:
-                self._caught[row] = (pid, freer)
-                del self._queued[va]
-                swept.append(row)
+        for va in sure + sorted(maybe)[:max(0, (purged or 0) - len(sure))]:
+            row, _, freer, _ = self._queued.pop(va)
+            self._caught[row] = (pid, freer)
+            swept.append(row)
         return swept
 
     def _free(self, ts: int, cpu: int, pid: int, comm: str, va: int, nr_lazy: int | None = None,
@@ -668,8 +675,10 @@ class KernelEventConverter:
             self._init_free(ts, cpu, pid, info[1])
         return True
 
-    def purge(self, ts: int, pid: int, comm: str, flushed: bool, start: int = 0, end: int = 0) -> None:
-        """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush over ``[start, end)``."""
+    def purge(self, ts: int, pid: int, comm: str, flushed: bool, start: int = 0, end: int = 0,
+              purged: int | None = None) -> None:
+        """``__purge_vmap_area_lazy`` finished; ``flushed`` = it sent a flush over ``[start, end)``
+        (``purged`` areas, where the tracepoint says)."""
         self.advance(ts)
         self._reset_purged(pid)
         if self.setup:
@@ -690,7 +699,7 @@ class KernelEventConverter:
             self._first_purge_edges(start, end)
         started = self._purge_started.pop(pid, None)
         if flushed and started is not None:
-            self._swept_by(pid, started, start, end)
+            self._swept_by(pid, started, start, end, purged)
         if pid in self._dmap_unmap:         # vm_reset_perms' purge: found nothing, it flushes alone
             self._dmap_unmap.discard(pid)
             self.observable.add("vm_reset_flush_all")
@@ -763,12 +772,12 @@ class KernelEventConverter:
         if VMALLOC_START < end <= EXEC_RANGE_START and end > max((e for _, e in known), default=start):
             self._setup_lazy_areas[end - 2 * PAGE_SIZE] = 2
 
-    def _swept_by(self, pid: int, ts: int, start: int, end: int) -> None:
+    def _swept_by(self, pid: int, ts: int, start: int, end: int, purged: int | None = None) -> None:
         """The task's purge took ``[start, end)`` at ``ts`` (:meth:`_sweep`).  Frees the op's
         first purge swept though they came after the op's row: the op takes its place after
         them (finish()), so that its replay sweeps them too."""
         anchor = self._anchors.pop(pid, None)
-        late = [r for r in self._sweep(pid, ts, start, end) if anchor is not None and r > anchor]
+        late = [r for r in self._sweep(pid, ts, start, end, purged) if anchor is not None and r > anchor]
         if late:
             self._after[anchor] = last = max(late)
             self.events[anchor][0] = self.events[last][0]
@@ -965,7 +974,7 @@ class KernelEventConverter:
         remap = {old: new + len(pre) for old, new in remap.items()}
         rows = pre + [self.events[i] + [0] for i in keep]
         span_end = -1
-        lazy_frees = {row for row, _, _ in self._queued.values()} | set(self._caught)
+        lazy_frees = {q[0] for q in self._queued.values()} | set(self._caught)
 
         def landed(r: int, op_row: int, pid: int) -> bool:
             """Lazy free ``r`` landed inside the op: the op's purge swept it, or, on the op's CPU
