@@ -118,8 +118,9 @@ CHECKS = [
     pytest.param("serial_510_aged_all", "linux-5.10", id="guest-5.10-bpf-aged"),
     pytest.param("serial_72_bpf", "linux-7.2", id="guest-7.2-bpf", marks=_xfail(
         "flushes, purges and sync_core exact; only L2 splits above the range (15 vs 18..20): 7.2 reused a "
-        "freed pack's whole 2 MiB block for 5 of its 20 new packs, while the model's order-0 allocations "
-        "carve freed blocks first (its per-CPU lists lack 6.7+ auto-tuning, which holds them there)")),
+        "freed pack's whole 2 MiB block for 5 of its 20 new packs (and took new packs in adjacent pairs: "
+        "the per-CPU THP-order list refills two blocks), while the model's order-0 growth carves freed "
+        "blocks before the next pack comes (no per-CPU, auto-tuned 6.7+ page lists)")),
     pytest.param("serial_510_aged_thp", "linux-5.10", id="guest-5.10-bpf-aged-thp"),
     pytest.param("serial_72_mod_smp2", "linux-7.2", id="guest-7.2-modules", marks=_xfail(
         "sync_core exact; flush_tlb_all 987 vs 983, flush_tlb_kernel_range 45 vs 48, vmap_purges 263 vs "
