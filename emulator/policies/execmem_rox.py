@@ -50,16 +50,20 @@ class ExecmemRox(BpfProgPack):
     #: high-order blocks first ("mm/vmalloc: request large order pages from buddy
     #: allocator"); measured on 7.2: every 2 MiB pack is one aligned pageblock.
     vmalloc_large_order: bool = False
+    #: 7.2 ``vfree`` frees each physically contiguous run of its pages as aligned blocks
+    #: ("vmalloc: optimize vfree with free_pages_bulk()"; ``free_pages_bulk`` in the 7.2.12 guest's kallsyms).
+    free_pages_bulk: bool = False
     vmap_nodes: bool = True
     decay_small_pools: bool = False
 
-    PRESETS = {"linux-6.18": {}, "linux-7.2": {"vmalloc_large_order": True}}
+    PRESETS = {"linux-6.18": {}, "linux-7.2": {"vmalloc_large_order": True, "free_pages_bulk": True}}
 
     def attach(self, k) -> None:
         super().attach(k)
         k.cpa_flush_kernel_range = True
         k.cpa_collapse = self.collapse
         k.pages.vmalloc_large_order = self.vmalloc_large_order
+        k.pages.free_pages_bulk = self.free_pages_bulk
         self.cache_starts: list[int] = []   # free_areas: sorted [start, end) VA pages
         self.cache_ends: list[int] = []
         self.chunks: dict[int, vm_struct] = {}  # chunk addr -> area

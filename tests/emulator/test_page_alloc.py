@@ -166,6 +166,39 @@ def test_large_order_vmalloc_splits_a_request_into_aligned_power_of_two_blocks()
     assert len(one) == 1                                     # order 0 from the bulk path
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+def test_7_2_vfree_gives_a_large_order_block_back_whole(bulk):
+    # GIVEN 7.2's large-order vmalloc: a 16-page area is one aligned order-4 block (carved from a
+    # fresh pageblock, the boot's partly free ones used up)
+    pa = fresh(seed=3, large_order=True)
+    drain_boot_holes(pa)
+    pa.free_pages_bulk = bulk
+    first = pa.alloc_pages(16)
+    # WHEN it is freed, and order-0 pages and another 16-page area are asked for
+    pa.free_pages(first)
+    singles = pa.alloc_pages(1) + pa.alloc_pages(1)
+    again = pa.alloc_pages(16)
+    # THEN free_pages_bulk gave the block back to the buddy whole: the single pages come from the
+    # per-CPU list as before and the next area is the same block; without it, its pages went to the
+    # per-CPU list, the single pages are two of them, and the next area is a new block
+    assert (again == first) == bulk
+    assert bool(set(singles) & set(first)) != bulk
+
+
+def test_free_pages_bulk_frees_each_contiguous_run_as_aligned_blocks():
+    # GIVEN pages 1030..1039 (one run: blocks of order 1 at 1030, 3 at 1032) and 2000, lone
+    pa = fresh()
+    pa.free_pages_bulk = True
+    pa.pages_in_use = 11
+    before = [dict(d) for d in pa.free_area]
+    # WHEN freed
+    pa.free_pages([*range(1030, 1040), 2000])
+    # THEN the run's blocks are free in the buddy, the lone page is on the per-CPU list
+    assert pa.pcp[-1] == 2000 and 1030 not in pa.pcp
+    assert 1030 in pa.free_area[1] and 1032 in pa.free_area[3]
+    assert sum(map(len, pa.free_area)) == sum(map(len, before)) + 2
+
+
 def test_without_large_orders_a_pack_is_not_one_aligned_block():
     pa = fresh()
     drain_boot_holes(pa)
@@ -174,11 +207,12 @@ def test_without_large_orders_a_pack_is_not_one_aligned_block():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.booleans(), st.lists(st.tuples(st.integers(1, 1200), st.booleans(), st.booleans()),
-                               min_size=1, max_size=60))
-def test_no_page_is_ever_handed_out_twice(large, script):
+@given(st.booleans(), st.booleans(), st.lists(st.tuples(st.integers(1, 1200), st.booleans(), st.booleans()),
+                                              min_size=1, max_size=60))
+def test_no_page_is_ever_handed_out_twice(large, bulk, script):
     pa = PageAllocator(2 * GIB, "fresh", np.random.default_rng(7))
     pa.vmalloc_large_order = large
+    pa.free_pages_bulk = bulk
     live: list[tuple[bool, list[int]]] = []
     for n, free, huge in script:
         if huge:
@@ -242,6 +276,16 @@ def test_module_loads_split_what_the_guests_measured(guest_traces, name, policy,
     row = frame.filter((pl.col("counter") == "direct_map_level2_splits") & (pl.col("op") == "all")).row(0, named=True)
     assert row["observed"] == observed
     assert row["predicted_min"] <= observed <= row["predicted_max"]
+
+
+def test_7_2_freed_packs_come_back_whole_for_the_next(guest_traces):
+    # measured on 7.2: 5 of 20 new packs took a freed pack's 2 MiB block, so 15 L2 splits; with
+    # vfree's free_pages_bulk the model finds those blocks again too
+    path = guest_traces / "72_bpf.parquet"
+    seeds = range(8)
+    bulk = whole_run_splits(path, "linux-7.2", seeds)
+    per_page = whole_run_splits(path, "linux-7.2", seeds, params={"free_pages_bulk": False})
+    assert min(bulk) < min(per_page) and max(per_page) >= 19
 
 
 def test_7_2_packs_with_large_orders_cost_at_most_one_split_each(guest_traces):
