@@ -20,7 +20,8 @@ They come, in this order (mm/page_alloc.c):
    leaves a few such blocks in partly free pageblocks (``BOOT_HOLES``).
 3. the pageblock the unmovable type is carving, lowest page first.  Other
    unmovable kernel allocations (slab, page tables, per-cpu chunks)
-   interleave with ours there: ``FOREIGN_PER_PAGE`` pages per page of ours
+   interleave with ours there: ``FOREIGN_PER_PAGE`` pages per page of ours,
+   after order-0 pieces and aligned large-order blocks alike
    (the rate varies per pageblock).  Calibrated on 5.10, 8 GiB, 2048 tiny
    programs: ~213 JIT pages per 2 MiB region, each with its one live
    program page, so ~86 foreign pages per 426 of ours
@@ -382,7 +383,10 @@ class PageAllocator:
             start = -(-self.cur_pfn // size) * size
             if start + size <= self.cur_end:
                 self._free_run(self.cur_pfn, start)     # the alignment gap stays free
-                self.cur_pfn = start + size
+                self.foreign += size * self.rate        # foreign pages follow, as in _rmqueue
+                skip = int(self.foreign)
+                self.foreign -= skip
+                self.cur_pfn = min(start + size + skip, self.cur_end)
                 return start
             if attempt == 0:
                 self._free_run(self.cur_pfn, self.cur_end)
