@@ -110,6 +110,14 @@ def large_blocks_from_buddyinfo(text: str) -> int:
     return total
 
 
+def _aligned_blocks(s: int, e: int):
+    """``[s, e)`` as naturally aligned blocks, lowest first: ``(first pfn, order)``, orders up to 9."""
+    while s < e:
+        k = min((s & -s).bit_length() - 1, (e - s).bit_length() - 1, PAGEBLOCK_ORDER)
+        yield s, k
+        s += 1 << k
+
+
 def pcp_high(mem_bytes: int, nr_cpus: int) -> int:
     """``pcp->high`` (``zone_highsize``): the low watermark split over the CPUs, at least 4 batches.
 
@@ -282,10 +290,8 @@ class PageAllocator:
 
     def _free_run(self, s: int, e: int) -> None:
         """Free pfns ``[s, e)`` to the buddy as naturally aligned blocks."""
-        while s < e:
-            k = min((s & -s).bit_length() - 1, (e - s).bit_length() - 1, PAGEBLOCK_ORDER)
-            self._free_block(s, k)
-            s += 1 << k
+        for first, k in _aligned_blocks(s, e):
+            self._free_block(first, k)
 
     def _free_block(self, pfn: int, order: int) -> None:
         """``__free_one_page``: merge with the free buddy while there is one; a whole pageblock is free again.
@@ -426,14 +432,11 @@ class PageAllocator:
             e = j + 1
             while e < n and pfns[e] == pfns[e - 1] + 1:
                 e += 1
-            end = s + (e - j)
-            while s < end:
-                k = min((s & -s).bit_length() - 1, (end - s).bit_length() - 1, PAGEBLOCK_ORDER)
+            for first, k in _aligned_blocks(s, s + e - j):
                 if k:
-                    self._free_block(s, k)
+                    self._free_block(first, k)
                 else:
-                    single.append(s)
-                s += 1 << k
+                    single.append(first)
             j = e
         return single
 
