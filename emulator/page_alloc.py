@@ -405,12 +405,14 @@ class PageAllocator:
         ``pcp_high`` its oldest pages go back to the buddy and merge (``free_pcppages_bulk``).
         With :attr:`free_pages_bulk`, runs of contiguous pages go as blocks first."""
         self.pages_in_use -= len(pfns)
+        if type(pfns) is not list:
+            pfns = pfns.tolist()
         if self.free_pages_bulk and len(pfns) > 1:
-            pfns = self._free_contig_range(pfns if type(pfns) is list else pfns.tolist())
+            pfns = self._free_contig_range(pfns)
             if not pfns:
                 return
         pcp = self.pcp
-        pcp += pfns if type(pfns) is list else pfns.tolist()
+        pcp += pfns
         over = len(pcp) - self.pcp_high
         if over > 0:
             drain = over + PCP_BATCH
